@@ -1,0 +1,76 @@
+"""``BroadcastGlobalVariablesCallback``: start every rank from the root's state."""
+
+from __future__ import annotations
+
+from hvdagent import _compat, _hvd
+
+from ._base import Callback
+
+
+def _variable_name(v) -> str:
+    return getattr(v, "path", None) or v.name
+
+
+def check_same_variables(variables, what: str = "model") -> None:
+    """Raise on every rank if ranks disagree on variable names, shapes or dtypes.
+
+    Runs one small allgather before any other collective, so a mismatch is an
+    error naming the variable instead of a hang or a garbled broadcast.
+    """
+    spec = [(_variable_name(v), tuple(v.shape), str(v.dtype)) for v in variables]
+    specs = _hvd.allgather_object(spec)
+    root = specs[0]
+    for rank, other in enumerate(specs[1:], start=1):
+        if len(other) != len(root):
+            raise ValueError(
+                f"the {what} has {len(root)} variables on rank 0 but {len(other)} on rank {rank}; "
+                "every rank must build the same model. "
+                f"Received: rank 0 variables {[s[0] for s in root]}, rank {rank} variables {[s[0] for s in other]}"
+            )
+        for (name0, shape0, dt0), (name, shape, dt) in zip(root, other):
+            if (shape0, dt0) != (shape, dt):
+                raise ValueError(
+                    f"variable {name0!r} of the {what} differs across ranks: shape {list(shape0)} {dt0} on rank 0, "
+                    f"shape {list(shape)} {dt} (variable {name!r}) on rank {rank}. Every rank must build the same model."
+                )
+
+
+class BroadcastGlobalVariablesCallback(Callback):
+    """Copy the model's and optimizer's variables from ``root_rank`` to all ranks.
+
+    Runs at the start of ``fit``, after the optimizer is built, so ranks that
+    initialised their weights differently train identically. It first checks
+    that all ranks hold variables of the same shapes. ``DistributedAgent.fit``
+    adds it for you.
+
+    Args:
+        root_rank: the rank whose values win (default 0).
+
+    Example:
+        >>> import hvdagent
+        >>> from hvdagent.callbacks import BroadcastGlobalVariablesCallback
+        >>> cb = BroadcastGlobalVariablesCallback(root_rank=0)
+        >>> BroadcastGlobalVariablesCallback(root_rank=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: root_rank must be an integer >= 0. Received: root_rank=-1
+    """
+
+    def __init__(self, root_rank: int = 0):
+        super().__init__()
+        if isinstance(root_rank, bool) or not isinstance(root_rank, int) or root_rank < 0:
+            raise ValueError(f"root_rank must be an integer >= 0. Received: root_rank={root_rank!r}")
+        self.root_rank = root_rank
+
+    def on_train_begin(self, logs=None):
+        if _hvd.size() == 1:
+            return
+        if self.root_rank >= _hvd.size():
+            raise ValueError(f"root_rank must be < size ({_hvd.size()}). Received: root_rank={self.root_rank}")
+        model = self.model
+        _compat.build_optimizer(model)
+        check_same_variables(model.weights)
+        variables = list(model.weights)
+        if model.optimizer is not None:
+            variables += list(model.optimizer.variables)
+        _hvd.broadcast_variables(variables, root_rank=self.root_rank)

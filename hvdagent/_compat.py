@@ -1,0 +1,177 @@
+"""Keras 2 (tf_keras) vs Keras 3: every difference between the two lives here.
+
+The generation is read off the objects themselves (a model or an optimizer),
+never off a global flag, so a process may hold models of both kinds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, Iterator, Optional
+
+KERAS3 = 3
+KERAS2 = 2
+
+
+def _keras3():
+    import keras
+
+    if not str(getattr(keras, "__version__", "0")).startswith("3"):
+        return None
+    return keras
+
+
+def _tf_keras():
+    try:
+        return importlib.import_module("tf_keras")
+    except ImportError:
+        return None
+
+
+def generation(obj: Any) -> Optional[int]:
+    """Return 3 for a Keras 3 object, 2 for a tf_keras one, None otherwise.
+
+    ``obj`` may be a model, an optimizer, a callback or a metric.
+    """
+    module = type(obj).__module__ or ""
+    for base in type(obj).__mro__:
+        module = base.__module__ or ""
+        if module.startswith("keras.") or module == "keras":
+            return KERAS3 if _keras3() is not None else None
+        if module.startswith("tf_keras") or module.startswith("tensorflow.python.keras"):
+            return KERAS2
+    return None
+
+
+def is_model(obj: Any) -> bool:
+    gen = generation(obj)
+    if gen == KERAS3:
+        return isinstance(obj, _keras3().Model)
+    if gen == KERAS2:
+        return isinstance(obj, _tf_keras().Model)
+    return False
+
+
+def is_optimizer(obj: Any) -> bool:
+    gen = generation(obj)
+    if gen == KERAS3:
+        return isinstance(obj, _keras3().optimizers.Optimizer)
+    if gen == KERAS2:
+        return isinstance(obj, _tf_keras().optimizers.Optimizer)
+    return False
+
+
+def keras_module(gen: int):
+    """The ``keras`` (3) or ``tf_keras`` module for a generation."""
+    return _keras3() if gen == KERAS3 else _tf_keras()
+
+
+def get_optimizer(identifier: Any, gen: int):
+    """Resolve ``"adam"``, a config dict or an instance to an optimizer."""
+    return keras_module(gen).optimizers.get(identifier)
+
+
+def callback_base(gen: int):
+    return keras_module(gen).callbacks.Callback
+
+
+# --- learning rate -------------------------------------------------------------
+
+
+def lr_schedule_class(gen: int):
+    return keras_module(gen).optimizers.schedules.LearningRateSchedule
+
+
+def raw_learning_rate(optimizer) -> Any:
+    """The optimizer's learning rate as stored: a variable or a schedule."""
+    return optimizer._learning_rate
+
+
+def set_raw_learning_rate(optimizer, value) -> None:
+    """Store a schedule (or variable) as the optimizer's learning rate."""
+    optimizer._learning_rate = value
+
+
+def has_schedule(optimizer) -> bool:
+    return isinstance(raw_learning_rate(optimizer), lr_schedule_class(generation(optimizer)))
+
+
+def get_lr(optimizer) -> float:
+    """The current learning rate of a float-LR optimizer, as a Python float."""
+    return float(raw_learning_rate(optimizer).numpy())
+
+
+def set_lr(optimizer, value: float) -> None:
+    raw_learning_rate(optimizer).assign(value)
+
+
+# --- model plumbing --------------------------------------------------------------
+
+
+def build_optimizer(model) -> None:
+    """Create the optimizer's variables now (tf_keras builds lazily on first apply)."""
+    opt = model.optimizer
+    if not getattr(opt, "built", False) and generation(opt) == KERAS2:
+        opt.build(model.trainable_variables)
+
+
+def apply_gradients(optimizer, grads, variables) -> None:
+    optimizer.apply_gradients(list(zip(grads, variables)))
+
+
+def metric_variables(model) -> list:
+    """Every state variable of the model's compiled metrics, in a fixed order."""
+    out = []
+    for metric in model.metrics:
+        out.extend(metric.variables)
+    return out
+
+
+def callback_overrides(callback, hook: str) -> bool:
+    """True if ``callback``'s class overrides the base ``Callback.hook``."""
+    base = callback_base(generation(callback) or KERAS3)
+    return getattr(type(callback), hook, None) is not getattr(base, hook, None)
+
+
+@contextlib.contextmanager
+def plain_optimizer(model) -> Iterator[None]:
+    """Within the block ``model.optimizer`` is the user's inner optimizer.
+
+    Used to save a file that loads without hvdagent or Horovod.
+    """
+    from hvdagent import optimizer as optimizer_module
+
+    dist = model.optimizer
+    sync = optimizer_module.sync_of(dist)
+    if sync is None:
+        yield
+        return
+    with sync.unscaled_learning_rate():
+        if generation(dist) == KERAS3:
+            model.optimizer = dist.inner_optimizer
+            try:
+                yield
+            finally:
+                model.optimizer = dist
+        else:  # tf_keras: the optimizer keeps its own class (see _keras2_optimizer)
+            yield
+
+
+def load_model(path: str, gen: int = KERAS3):
+    return keras_module(gen).models.load_model(path)
+
+
+def writer_callback_classes(gen: int) -> tuple:
+    """Callbacks that write files: kept on rank 0 only."""
+    cb = keras_module(gen).callbacks
+    names = ("ModelCheckpoint", "TensorBoard", "CSVLogger")
+    return tuple(getattr(cb, n) for n in names if hasattr(cb, n))
+
+
+def backup_callback_class(gen: int):
+    return getattr(keras_module(gen).callbacks, "BackupAndRestore", None)
+
+
+def progbar_class(gen: int):
+    return keras_module(gen).callbacks.ProgbarLogger

@@ -1,0 +1,229 @@
+"""The seam: the only module of hvdagent that imports Horovod.
+
+Every collective hvdagent issues goes through the functions below. Horovod is
+imported lazily, on the first call that needs it, so ``import hvdagent`` works
+in a process where Horovod is missing or broken; that first call then raises
+:class:`HorovodUnavailableError` pointing at ``python -m hvdagent doctor``.
+
+With one process (``size() == 1``) every collective returns its input
+unchanged without touching Horovod's background thread: the single-process
+path costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, List, Optional, Sequence
+
+__all__ = [
+    "HorovodUnavailableError",
+    "init",
+    "is_initialized",
+    "is_launched",
+    "rank",
+    "size",
+    "local_rank",
+    "local_size",
+    "allreduce",
+    "broadcast_variables",
+    "broadcast_object",
+    "allgather_object",
+    "allreduce_object",
+    "barrier",
+    "shutdown",
+]
+
+_LOCK = threading.Lock()
+_HVD = None  # the horovod.tensorflow module once imported
+_IMPORT_ERROR: Optional[BaseException] = None
+
+# Environment variables by which a launcher tells a process its rank.
+_LAUNCHER_ENV = (
+    "HOROVOD_RANK",  # horovodrun --gloo, hvdagent.launch
+    "OMPI_COMM_WORLD_RANK",  # Open MPI's mpirun / horovodrun --mpi
+    "PMI_RANK",  # MPICH, Intel MPI
+    "PMIX_RANK",
+)
+
+
+class HorovodUnavailableError(RuntimeError):
+    """Horovod is missing, broken, or built against another TensorFlow."""
+
+
+def is_launched() -> bool:
+    """True when this process was started by a Horovod/MPI launcher."""
+    return any(name in os.environ for name in _LAUNCHER_ENV)
+
+
+def _module():
+    """Import ``horovod.tensorflow`` once; raise a helpful error if it fails."""
+    global _HVD, _IMPORT_ERROR
+    if _HVD is not None:
+        return _HVD
+    if _IMPORT_ERROR is not None:
+        raise _unavailable(_IMPORT_ERROR)
+    try:
+        import horovod.tensorflow as hvd  # noqa: WPS433 (the one import)
+    except BaseException as err:  # ImportError, or OSError/NotFoundError for ABI breaks
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        _IMPORT_ERROR = err
+        raise _unavailable(err) from err
+    _HVD = hvd
+    return hvd
+
+
+def _unavailable(err: BaseException) -> HorovodUnavailableError:
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err, ModuleNotFoundError):
+        hint = "Horovod is not installed in this environment. Build it against your TensorFlow with `bash ci/setup.sh`"
+    else:
+        hint = (
+            "Horovod is installed but does not load; this usually means it was built against "
+            "another TensorFlow (for example before a TensorFlow upgrade). Rebuild it with "
+            "`HVDAGENT_FORCE_SETUP=1 bash ci/setup.sh`"
+        )
+    return HorovodUnavailableError(
+        f"hvdagent needs Horovod for this call, but importing horovod.tensorflow failed ({text}). "
+        f"{hint}, and run `python -m hvdagent doctor` for a full report."
+    )
+
+
+def module():
+    """Return the imported ``horovod.tensorflow`` module (for the doctor)."""
+    return _module()
+
+
+def init() -> None:
+    """Initialise Horovod once; later calls do nothing.
+
+    Run without a launcher (plain ``python script.py``), Horovod starts as a
+    single Gloo process, so no MPI runtime is needed for the size-1 path.
+    """
+    hvd = _module()
+    with _LOCK:
+        if hvd.is_initialized():
+            return
+        if not is_launched():
+            # A Horovod built with MPI would otherwise try MPI_Init as a
+            # singleton; a lone Gloo context is cheaper and needs nothing.
+            os.environ.setdefault("HOROVOD_CONTROLLER", "gloo")
+            os.environ.setdefault("HOROVOD_CPU_OPERATIONS", "gloo")
+        hvd.init()
+
+
+def is_initialized() -> bool:
+    if _HVD is None:
+        return False
+    return bool(_HVD.is_initialized())
+
+
+def _ready():
+    hvd = _module()
+    if not hvd.is_initialized():
+        init()
+    return hvd
+
+
+def rank() -> int:
+    return int(_ready().rank())
+
+
+def size() -> int:
+    return int(_ready().size())
+
+
+def local_rank() -> int:
+    return int(_ready().local_rank())
+
+
+def local_size() -> int:
+    return int(_ready().local_size())
+
+
+def shutdown() -> None:
+    if _HVD is not None and _HVD.is_initialized():
+        _HVD.shutdown()
+
+
+# --- collectives ------------------------------------------------------------
+
+_OPS = ("average", "sum", "adasum")
+
+
+def _op(name: str):
+    hvd = _ready()
+    return {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}[name]
+
+
+def allreduce(
+    tensors: Sequence[Any],
+    op: str = "sum",
+    compression: Optional[str] = None,
+    name: Optional[str] = None,
+) -> List[Any]:
+    """Reduce a list of dense tensors across ranks in one fused collective.
+
+    Works eagerly and inside ``tf.function``. ``compression`` is ``None``,
+    ``"fp16"`` or ``"bf16"``: floating tensors travel in that type and come
+    back in their own.
+    """
+    tensors = list(tensors)
+    if not tensors or size() == 1:
+        return tensors
+    import tensorflow as tf
+
+    hvd = _ready()
+    wire = {None: None, "fp16": tf.float16, "bf16": tf.bfloat16}[compression]
+    dtypes = [t.dtype for t in tensors]
+    if wire is not None:
+        tensors = [tf.cast(t, wire) if t.dtype.is_floating and t.dtype != wire else t for t in tensors]
+    out = hvd.grouped_allreduce(tensors, op=_op(op), name=name)
+    return [tf.cast(t, d) if t.dtype != d else t for t, d in zip(out, dtypes)]
+
+
+def allreduce_sparse(value, op: str = "sum", name: Optional[str] = None):
+    """Reduce a ``tf.IndexedSlices`` by gathering indices and values."""
+    if size() == 1:
+        return value
+    return _ready().allreduce(value, op=_op(op), name=name)
+
+
+def broadcast_variables(variables: Sequence[Any], root_rank: int = 0) -> None:
+    """Overwrite ``variables`` on every rank with ``root_rank``'s values."""
+    variables = list(variables)
+    if not variables or size() == 1:
+        return
+    _ready().broadcast_variables(variables, root_rank=root_rank)
+
+
+def broadcast_object(obj: Any, root_rank: int = 0, name: Optional[str] = None) -> Any:
+    """Return ``root_rank``'s picklable ``obj`` on every rank."""
+    if size() == 1:
+        return obj
+    return _ready().broadcast_object(obj, root_rank=root_rank, name=name)
+
+
+def allgather_object(obj: Any, name: Optional[str] = None) -> List[Any]:
+    """Return the list of every rank's picklable ``obj``, in rank order."""
+    if size() == 1:
+        return [obj]
+    return list(_ready().allgather_object(obj, name=name))
+
+
+def allreduce_object(value: float, op: str = "sum", name: Optional[str] = None) -> float:
+    """Reduce one Python number across ranks (eagerly)."""
+    if size() == 1:
+        return value
+    import tensorflow as tf
+
+    out = _ready().allreduce(tf.constant(value, tf.float64), op=_op(op), name=name)
+    return float(out.numpy())
+
+
+def barrier() -> None:
+    """Block until every rank reaches this point."""
+    if size() == 1:
+        return
+    _ready().barrier()

@@ -1,0 +1,40 @@
+"""Rank-aware logging: a ``[rank n]`` prefix, and rank 0 only by default.
+
+Library code logs through :func:`get_logger`; it never configures the root
+logger. Records from ranks other than 0 are dropped unless the environment
+variable ``HVDAGENT_LOG_ALL_RANKS=1`` is set (or ``all_ranks=True`` is passed
+to a call: ``log.info("...", extra={"all_ranks": True})``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from hvdagent import _hvd
+
+
+def _rank() -> int:
+    if _hvd.is_initialized():
+        return _hvd.rank()
+    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
+
+
+class RankAdapter(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return f"[rank {_rank()}] {msg}", kwargs
+
+    def log(self, level, msg, *args, **kwargs):
+        extra = kwargs.pop("extra", None) or {}
+        all_ranks = extra.get("all_ranks") or os.environ.get("HVDAGENT_LOG_ALL_RANKS") == "1"
+        if _rank() != 0 and not all_ranks:
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+def get_logger(name: str) -> RankAdapter:
+    """A logger whose records carry the rank and come from rank 0 only."""
+    return RankAdapter(logging.getLogger(name), {})

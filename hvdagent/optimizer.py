@@ -1,0 +1,128 @@
+"""``DistributedOptimizer``: an optimizer whose gradients are reduced across ranks."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from hvdagent import _compat
+from hvdagent._sync import COMPRESSIONS, OPS, GradientSync
+
+__all__ = ["DistributedOptimizer", "is_distributed"]
+
+
+def DistributedOptimizer(  # noqa: N802 (a constructor-like factory, as in Horovod)
+    optimizer: Any,
+    op: str = "average",
+    compression: Optional[str] = None,
+    backward_passes_per_step: int = 1,
+    sparse_as_dense: bool = False,
+    gradient_predivide_factor: float = 1.0,
+    name: Optional[str] = None,
+):
+    """Wrap a Keras optimizer so that gradients are reduced across Horovod ranks.
+
+    Use it when you compile a model yourself or write your own training loop;
+    :class:`hvdagent.DistributedAgent` calls it for you.
+
+    Args:
+        optimizer: a ``keras.optimizers.Optimizer`` (Keras 3) or a
+            ``tf_keras.optimizers.Optimizer`` (Keras 2). Keras 3 optimizers are
+            wrapped by composition (the result's ``inner_optimizer`` is yours);
+            a tf_keras optimizer is made distributed in place and returned.
+        op: ``"average"`` (default; weighted by each rank's batch size when
+            used through ``DistributedAgent``), ``"sum"``, or ``"adasum"``
+            (needs a Horovod built with MPI).
+        compression: ``None`` (default), ``"fp16"`` or ``"bf16"``: the type
+            floating gradients travel in.
+        backward_passes_per_step: accumulate this many batches locally before
+            one reduction and update (default 1).
+        sparse_as_dense: reduce ``tf.IndexedSlices`` gradients as dense
+            tensors (default False: they are gathered).
+        gradient_predivide_factor: divide gradients by this before the sum and
+            multiply by it after (default 1.0), to keep fp16 sums in range.
+        name: name of the Keras 3 wrapper (default ``distributed_<inner name>``).
+
+    Returns:
+        The distributed optimizer.
+
+    Raises:
+        TypeError: if ``optimizer`` is not a Keras optimizer.
+        ValueError: if it is already distributed, or an option is out of range.
+
+    Example:
+        >>> import keras, hvdagent
+        >>> opt = hvdagent.DistributedOptimizer(keras.optimizers.SGD(0.1))
+        >>> opt.inner_optimizer.__class__.__name__
+        'SGD'
+        >>> hvdagent.DistributedOptimizer(opt)
+        Traceback (most recent call last):
+        ...
+        ValueError: optimizer is already an hvdagent.DistributedOptimizer; wrap the inner optimizer once. Received: optimizer=<Keras3DistributedOptimizer name=distributed_SGD>
+    """
+    if sync_of(optimizer) is not None:
+        raise ValueError(
+            "optimizer is already an hvdagent.DistributedOptimizer; wrap the inner optimizer once. "
+            f"Received: optimizer=<{type(optimizer).__name__} name={getattr(optimizer, 'name', '?')}>"
+        )
+    if not _compat.is_optimizer(optimizer):
+        raise TypeError(
+            "optimizer must be a keras.optimizers.Optimizer (Keras 3) or a tf_keras.optimizers.Optimizer "
+            f"(Keras 2) instance. Received: optimizer={optimizer!r} of type {type(optimizer).__name__}"
+        )
+    if type(optimizer).__name__ == "LossScaleOptimizer" or "horovod" in type(optimizer).__module__:
+        raise ValueError(
+            f"optimizer {type(optimizer).__name__} cannot be wrapped: pass the plain optimizer "
+            f"(loss scaling and Horovod's own wrapper are not supported). Received: optimizer={optimizer!r}"
+        )
+    options = _validate_options(op, compression, backward_passes_per_step, sparse_as_dense, gradient_predivide_factor)
+    if _compat.generation(optimizer) == _compat.KERAS3:
+        from hvdagent._keras3_optimizer import Keras3DistributedOptimizer
+
+        return Keras3DistributedOptimizer(optimizer, name=name, **options)
+    from hvdagent._keras2_optimizer import make_distributed
+
+    return make_distributed(optimizer, **options)
+
+
+def _validate_options(op, compression, backward_passes_per_step, sparse_as_dense, gradient_predivide_factor) -> dict:
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}. Received: op={op!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
+    if isinstance(backward_passes_per_step, bool) or not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
+        raise ValueError(
+            "backward_passes_per_step must be an integer >= 1. "
+            f"Received: backward_passes_per_step={backward_passes_per_step!r}"
+        )
+    if not isinstance(gradient_predivide_factor, (int, float)) or gradient_predivide_factor <= 0:
+        raise ValueError(
+            "gradient_predivide_factor must be a number > 0. "
+            f"Received: gradient_predivide_factor={gradient_predivide_factor!r}"
+        )
+    if gradient_predivide_factor != 1.0 and op != "average":
+        raise ValueError(
+            "gradient_predivide_factor only applies to op='average'. "
+            f"Received: gradient_predivide_factor={gradient_predivide_factor!r}, op={op!r}"
+        )
+    return {
+        "op": op,
+        "compression": compression,
+        "backward_passes_per_step": backward_passes_per_step,
+        "sparse_as_dense": bool(sparse_as_dense),
+        "gradient_predivide_factor": float(gradient_predivide_factor),
+    }
+
+
+def sync_of(optimizer: Any) -> Optional[GradientSync]:
+    """The :class:`GradientSync` of a distributed optimizer, else None."""
+    return getattr(optimizer, "_hvdagent_sync", None) if optimizer is not None else None
+
+
+def is_distributed(optimizer: Any) -> bool:
+    """True if ``optimizer`` came from :func:`DistributedOptimizer`."""
+    return sync_of(optimizer) is not None
+
+
+def inner_of(optimizer: Any):
+    """The optimizer holding the real state (learning rate, slots)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)

@@ -1,0 +1,50 @@
+"""Helpers for worker scripts run under horovodrun (imported by them)."""
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class Checks:
+    """Collect named results on every rank and write them as JSON at the end."""
+
+    def __init__(self, out_dir):
+        import hvdagent
+
+        hvdagent.init()
+        self.rank, self.size = hvdagent.rank(), hvdagent.size()
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results = {}
+
+    def record(self, name, value):
+        self.results[name] = value
+
+    def expect_error(self, name, exc_type, fn, *args, **kwargs):
+        """Run fn, record the message of the expected exception (or a failure)."""
+        try:
+            fn(*args, **kwargs)
+        except exc_type as err:
+            self.results[name] = {"raised": type(err).__name__, "message": str(err)}
+            return
+        except Exception as err:  # noqa: BLE001
+            self.results[name] = {"raised": type(err).__name__, "message": traceback.format_exc()}
+            return
+        self.results[name] = {"raised": None, "message": ""}
+
+    def finish(self):
+        (self.out / f"results-{self.rank}.json").write_text(json.dumps(self.results, indent=1, default=float))
+        sys.stdout.flush()
+
+
+def weights_digest(model):
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(w.tobytes())
+    return h.hexdigest()

@@ -97,14 +97,19 @@ else
     BUILD=$(mktemp -d)
     trap 'rm -rf "$BUILD"' EXIT
     TF_INC=$("$PY" -c 'import tensorflow as tf; print(tf.sysconfig.get_include())')
-    # TensorFlow >= 2.19 ships XLA's headers as xla/...; Horovod 0.28.1 still
-    # includes tensorflow/compiler/xla/.... Forwarding headers bridge the two
-    # without editing Horovod's source.
+    # TensorFlow >= 2.19 ships XLA's headers as xla/... (and moved
+    # xla/client/xla_builder.h to xla/hlo/builder/); Horovod 0.28.1 still
+    # includes tensorflow/compiler/xla/.... Forwarding headers on
+    # CPLUS_INCLUDE_PATH (searched after TensorFlow's own include dir, so real
+    # headers win) bridge the two without editing Horovod's source.
     FWD=$BUILD/include
-    if [ -d "$TF_INC/xla" ] && [ ! -d "$TF_INC/tensorflow/compiler/xla" ]; then
-      (cd "$TF_INC" && find xla -name '*.h' -o -name '*.inc') | while read -r h; do
-        mkdir -p "$FWD/tensorflow/compiler/$(dirname "$h")"
-        printf '#include "%s"\n' "$h" > "$FWD/tensorflow/compiler/$h"
+    if [ -d "$TF_INC/xla" ]; then
+      (cd "$TF_INC" && find xla -name '*.h') | while read -r h; do
+        rest=${h#xla/}
+        for old in "$rest" $(case "$rest" in hlo/builder/*) echo "client/${rest#hlo/builder/}";; esac); do
+          mkdir -p "$FWD/tensorflow/compiler/xla/$(dirname "$old")"
+          printf '#include "%s"\n' "$h" > "$FWD/tensorflow/compiler/xla/$old"
+        done
       done
     fi
     export CPLUS_INCLUDE_PATH="$FWD${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"

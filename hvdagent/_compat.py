@@ -149,11 +149,19 @@ def plain_optimizer(model) -> Iterator[None]:
         return
     with sync.unscaled_learning_rate():
         if generation(dist) == KERAS3:
+            # Keras 3 saves the compile arguments as given to compile(): swap
+            # the optimizer there too.
+            compile_config = getattr(getattr(model, "_compile_config", None), "config", {})
+            saved = compile_config.get("optimizer")
             model.optimizer = dist.inner_optimizer
+            if saved is dist:
+                compile_config["optimizer"] = dist.inner_optimizer
             try:
                 yield
             finally:
                 model.optimizer = dist
+                if saved is dist:
+                    compile_config["optimizer"] = dist
         else:  # tf_keras: the optimizer keeps its own class (see _keras2_optimizer)
             yield
 

@@ -105,6 +105,10 @@ def init() -> None:
     with _LOCK:
         if hvd.is_initialized():
             return
+        # A rank that waits longer than this for the others is reported as
+        # stalled and the job ends (Horovod's default only warns, forever).
+        os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", "30")
+        os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "60")
         if not is_launched():
             # A Horovod built with MPI would otherwise try MPI_Init as a
             # singleton; a lone Gloo context is cheaper and needs nothing.
@@ -179,7 +183,10 @@ def allreduce(
     dtypes = [t.dtype for t in tensors]
     if wire is not None:
         tensors = [tf.cast(t, wire) if t.dtype.is_floating and t.dtype != wire else t for t in tensors]
-    out = hvd.grouped_allreduce(tensors, op=_op(op), name=name)
+    # Horovod matches collectives across ranks by op name. ignore_name_scope
+    # makes the name independent of where the op was traced (for example the
+    # two branches of the agent's empty-batch tf.cond).
+    out = hvd.grouped_allreduce(tensors, op=_op(op), name=name, ignore_name_scope=True)
     return [tf.cast(t, d) if t.dtype != d else t for t, d in zip(out, dtypes)]
 
 
@@ -187,7 +194,7 @@ def allreduce_sparse(value, op: str = "sum", name: Optional[str] = None):
     """Reduce a ``tf.IndexedSlices`` by gathering indices and values."""
     if size() == 1:
         return value
-    return _ready().allreduce(value, op=_op(op), name=name)
+    return _ready().allreduce(value, op=_op(op), name=name, ignore_name_scope=True)
 
 
 def broadcast_variables(variables: Sequence[Any], root_rank: int = 0) -> None:
@@ -195,7 +202,27 @@ def broadcast_variables(variables: Sequence[Any], root_rank: int = 0) -> None:
     variables = list(variables)
     if not variables or size() == 1:
         return
-    _ready().broadcast_variables(variables, root_rank=root_rank)
+    import tensorflow as tf
+
+    hvd = _ready()
+    # One flat buffer per dtype: a handful of collectives, whatever the model.
+    # (Horovod's broadcast_variables traces a tf.function that cannot assign
+    # Keras 3 variables.)
+    by_dtype = {}
+    for v in variables:
+        by_dtype.setdefault(tf.as_dtype(v.dtype).name, []).append(v)
+    for dtype_name in sorted(by_dtype):
+        group = by_dtype[dtype_name]
+        flat = tf.concat([tf.reshape(tf.convert_to_tensor(v), [-1]) for v in group], axis=0)
+        if flat.dtype == tf.bool:
+            flat = tf.cast(flat, tf.uint8)
+        out = hvd.broadcast(flat, root_rank=root_rank, name=f"hvdagent_bcast_{dtype_name}")
+        offset = 0
+        for v in group:
+            n = int(np_prod(v.shape))
+            value = tf.reshape(out[offset:offset + n], v.shape)
+            v.assign(tf.cast(value, v.dtype))
+            offset += n
 
 
 def broadcast_object(obj: Any, root_rank: int = 0, name: Optional[str] = None) -> Any:
@@ -226,4 +253,14 @@ def barrier() -> None:
     """Block until every rank reaches this point."""
     if size() == 1:
         return
-    _ready().barrier()
+    import tensorflow as tf
+
+    # horovod.tensorflow 0.28 has no barrier(); a one-element allreduce is one.
+    allreduce([tf.zeros([1])], op="sum", name="hvdagent_barrier")[0].numpy()
+
+
+def np_prod(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out

@@ -147,7 +147,8 @@ def equalize(ds, local_steps: int, steps: int):
     if local_steps < steps:
         pad = _tf().data.Dataset.from_tensors(_empty_batch(ds.element_spec)).repeat(steps - local_steps)
         ds = ds.concatenate(pad)
-    ds = ds.prefetch(2)
+    # A known length lets Keras size its progress bar and epochs exactly.
+    ds = ds.apply(_tf().data.experimental.assert_cardinality(steps)).prefetch(2)
     setattr(ds, _STEPS_ATTR, steps)
     return ds
 

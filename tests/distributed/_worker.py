@@ -12,8 +12,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 class Checks:
     """Collect named results on every rank and write them as JSON at the end."""
 
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, watchdog=None):
+        import faulthandler
+
         import hvdagent
+
+        # A hang prints every thread's stack and exits non-zero instead of
+        # waiting for the test's timeout.
+        faulthandler.dump_traceback_later(watchdog or float(os.environ.get("HVDAGENT_TEST_WATCHDOG", 300)), exit=True)
 
         hvdagent.init()
         self.rank, self.size = hvdagent.rank(), hvdagent.size()
@@ -23,6 +29,8 @@ class Checks:
 
     def record(self, name, value):
         self.results[name] = value
+        if self.rank == 0:
+            print(f"[check] {name}", flush=True)
 
     def expect_error(self, name, exc_type, fn, *args, **kwargs):
         """Run fn, record the message of the expected exception (or a failure)."""

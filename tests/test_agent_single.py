@@ -1,0 +1,131 @@
+"""DistributedAgent, DistributedOptimizer and shard_dataset in one process."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+import tensorflow as tf  # noqa: E402
+
+import hvdagent  # noqa: E402
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
+
+
+def _data(n=64):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    return x, (x[:, :2] * 2.0).astype("float32")
+
+
+def test_agent_fit_on_one_process_equals_plain_keras():
+    x, y = _data()
+    a, b = _model(1), _model(1)
+    agent = hvdagent.DistributedAgent(a, scale_lr=False)
+    agent.compile(keras.optimizers.SGD(0.05), loss="mse", metrics=["mae"])
+    b.compile(keras.optimizers.SGD(0.05), loss="mse", metrics=["mae"])
+    ha = agent.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    hb = b.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-6)
+    assert ha.history["loss"] == pytest.approx(hb.history["loss"], abs=1e-6)
+    res = agent.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+    assert set(res) == {"loss", "mae"}
+    np.testing.assert_allclose(agent.predict(x, verbose=0), b.predict(x, verbose=0), atol=1e-5)
+
+
+def test_already_compiled_model_keeps_loss_metrics_and_gets_a_distributed_optimizer():
+    x, y = _data()
+    model = _model()
+    model.compile(keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
+    agent = hvdagent.DistributedAgent(model)
+    assert hvdagent.optimizer.is_distributed(model.optimizer)
+    assert model.optimizer.inner_optimizer.__class__.__name__ == "Adam"
+    history = agent.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert set(history.history) == {"loss", "mae"}
+
+
+def test_bad_inputs_are_named_with_the_received_value():
+    with pytest.raises(TypeError, match="model must be a keras.Model.*Received: model='not a model'"):
+        hvdagent.DistributedAgent("not a model")
+    agent = hvdagent.DistributedAgent(_model())
+    x, y = _data()
+    with pytest.raises(RuntimeError, match=r"call agent.compile\(optimizer, loss, ...\) before agent.fit"):
+        agent.fit(x, y)
+    agent.compile("sgd", loss="mse")
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer.*Received: batch_size={bad!r}"):
+            agent.fit(x, y, batch_size=bad)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
+        agent.fit(x, y, epochs=-1)
+    with pytest.raises(ValueError, match="warmup_epochs must be a number >= 0. Received: warmup_epochs=-2"):
+        hvdagent.DistributedAgent(_model(), warmup_epochs=-2)
+    with pytest.raises(ValueError, match=r"op must be one of \('average', 'sum', 'adasum'\). Received: op='mean'"):
+        hvdagent.DistributedAgent(_model(), op="mean")
+    with pytest.raises(ValueError, match="compression must be one of"):
+        hvdagent.DistributedAgent(_model(), compression="int8")
+
+
+def test_wrapping_twice_is_an_error():
+    opt = hvdagent.DistributedOptimizer(keras.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="already an hvdagent.DistributedOptimizer"):
+        hvdagent.DistributedOptimizer(opt)
+    agent = hvdagent.DistributedAgent(_model())
+    with pytest.raises(ValueError, match="already an hvdagent.DistributedOptimizer"):
+        agent.compile(opt, loss="mse")
+    with pytest.raises(TypeError, match="Received: optimizer='sgd'"):
+        hvdagent.DistributedOptimizer("sgd")
+
+
+def test_distributed_optimizer_delegates_state_to_the_inner_optimizer():
+    inner = keras.optimizers.SGD(0.1, momentum=0.9)
+    opt = hvdagent.DistributedOptimizer(inner, backward_passes_per_step=1)
+    var = keras.Variable(np.ones(3, "float32"))
+    opt.apply([tf.constant([1.0, 2.0, 3.0])], [var])
+    np.testing.assert_allclose(var.numpy(), [0.9, 0.8, 0.7], rtol=1e-6)
+    assert int(opt.iterations.numpy()) == 1 == int(inner.iterations.numpy())
+    opt.learning_rate = 0.5
+    assert float(inner.learning_rate.numpy()) == 0.5
+    config = opt.get_config()
+    clone = type(opt).from_config(config)
+    assert clone.inner_optimizer.get_config()["momentum"] == 0.9
+
+
+def test_gradient_accumulation_applies_every_n_passes_with_the_mean_gradient():
+    opt = hvdagent.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=2)
+    var = keras.Variable(np.zeros(2, "float32"))
+    opt.apply([tf.constant([2.0, 4.0])], [var])
+    np.testing.assert_allclose(var.numpy(), [0.0, 0.0])  # accumulated, not applied
+    opt.apply([tf.constant([4.0, 0.0])], [var])
+    np.testing.assert_allclose(var.numpy(), [-3.0, -2.0])  # mean of the two
+    assert int(opt.iterations.numpy()) == 1
+
+
+def test_shard_dataset_on_one_process_batches_everything():
+    ds = hvdagent.shard_dataset(tf.data.Dataset.range(10), batch_size=4, shuffle=False)
+    assert [b.numpy().tolist() for b in ds] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    shuffled = hvdagent.shard_dataset(tf.data.Dataset.range(10), batch_size=4, shuffle=True, seed=1)
+    assert sorted(np.concatenate([b.numpy() for b in shuffled]).tolist()) == list(range(10))
+    with pytest.raises(TypeError, match="dataset must be a tf.data.Dataset"):
+        hvdagent.shard_dataset(np.arange(4), batch_size=2)
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        hvdagent.shard_dataset(tf.data.Dataset.range(4), batch_size=0)
+
+
+def test_save_writes_a_plain_keras_file_with_the_inner_optimizer(tmp_path):
+    x, y = _data()
+    agent = hvdagent.DistributedAgent(_model())
+    agent.compile(keras.optimizers.Adam(1e-3), loss="mse")
+    agent.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = tmp_path / "m.keras"
+    agent.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.__class__.__name__ == "Adam"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), agent.predict(x, verbose=0), atol=0)
+    with pytest.raises(ValueError, match="must end in .keras"):
+        agent.save(tmp_path / "m.h5")
+    resumed = hvdagent.DistributedAgent.load(path)
+    resumed.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert int(resumed.model.optimizer.iterations.numpy()) == 2 * 4

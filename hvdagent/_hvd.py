@@ -170,8 +170,12 @@ def allreduce(
     """Reduce a list of dense tensors across ranks in one fused collective.
 
     Works eagerly and inside ``tf.function``. ``compression`` is ``None``,
-    ``"fp16"`` or ``"bf16"``: floating tensors travel in that type and come
-    back in their own.
+    ``"fp16"`` or ``"bf16"``: floating tensors of two or more elements travel
+    in that type and come back in their own (scalars, such as batch counts,
+    always travel exactly). Horovod cannot sum bfloat16, so with ``"bf16"``
+    the 16-bit payloads are gathered (one allgather, bit-exact) and summed in
+    float32 on every rank, in rank order: as few bytes as a ring allreduce for
+    2 ranks, with float32 accumulation.
     """
     tensors = list(tensors)
     if not tensors or size() == 1:
@@ -179,15 +183,58 @@ def allreduce(
     import tensorflow as tf
 
     hvd = _ready()
-    wire = {None: None, "fp16": tf.float16, "bf16": tf.bfloat16}[compression]
+
+    def compressible(t):
+        return compression is not None and t.dtype.is_floating and t.shape.num_elements() not in (0, 1)
+
+    if compression == "bf16" and op in ("sum", "average"):
+        picked = [i for i, t in enumerate(tensors) if compressible(t)]
+        rest = [i for i in range(len(tensors)) if i not in set(picked)]
+        out = list(tensors)
+        if picked:
+            for i, r in zip(picked, _bf16_sum([tensors[i] for i in picked], average=(op == "average"), name=f"{name}_bf16")):
+                out[i] = r
+        if rest:
+            for i, r in zip(rest, allreduce([tensors[i] for i in rest], op=op, compression=None, name=name)):
+                out[i] = r
+        return out
+    if compression == "bf16":
+        raise ValueError(f"compression='bf16' supports op 'sum' or 'average'. Received: op={op!r}")
     dtypes = [t.dtype for t in tensors]
-    if wire is not None:
-        tensors = [tf.cast(t, wire) if t.dtype.is_floating and t.dtype != wire else t for t in tensors]
+    if compression == "fp16":
+        tensors = [tf.cast(t, tf.float16) if compressible(t) else t for t in tensors]
     # Horovod matches collectives across ranks by op name. ignore_name_scope
     # makes the name independent of where the op was traced (for example the
     # two branches of the agent's empty-batch tf.cond).
-    out = hvd.grouped_allreduce(tensors, op=_op(op), name=name, ignore_name_scope=True)
+    # A grouped allreduce takes one dtype: one group per dtype, in a fixed order.
+    by_dtype = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype.name, []).append(i)
+    out = [None] * len(tensors)
+    for dtype_name in sorted(by_dtype):
+        idx = by_dtype[dtype_name]
+        group_name = name if len(by_dtype) == 1 or name is None else f"{name}_{dtype_name}"
+        reduced = hvd.grouped_allreduce([tensors[i] for i in idx], op=_op(op), name=group_name, ignore_name_scope=True)
+        for i, r in zip(idx, reduced):
+            out[i] = r
     return [tf.cast(t, d) if t.dtype != d else t for t, d in zip(out, dtypes)]
+
+
+def _bf16_sum(tensors, average: bool, name: str):
+    """Sum float tensors across ranks with a bfloat16 payload (see allreduce)."""
+    import tensorflow as tf
+
+    hvd = _ready()
+    sizes = [t.shape.num_elements() for t in tensors]
+    flat = tf.concat([tf.reshape(tf.cast(t, tf.bfloat16), [-1]) for t in tensors], axis=0)
+    wire = tf.bitcast(flat, tf.float16)  # same 16 bits; gathering moves them untouched
+    gathered = hvd.allgather(wire, name=name, ignore_name_scope=True)
+    values = tf.cast(tf.bitcast(gathered, tf.bfloat16), tf.float32)
+    total = tf.reduce_sum(tf.reshape(values, [size(), -1]), axis=0)
+    if average:
+        total = total / float(size())
+    parts = tf.split(total, sizes)
+    return [tf.cast(tf.reshape(p, t.shape), t.dtype) for p, t in zip(parts, tensors)]
 
 
 def allreduce_sparse(value, op: str = "sum", name: Optional[str] = None):

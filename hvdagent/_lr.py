@@ -28,23 +28,43 @@ def warmup_multiplier(progress: float, size: int) -> float:
 
 
 def set_multiplier(optimizer, multiplier: float) -> None:
-    """Scale a float learning rate to ``multiplier`` times the unscaled one."""
+    """Scale a float learning rate to ``multiplier`` times the unscaled one.
+
+    The unscaled rate is remembered, so repeated rescaling does not drift;
+    if another callback changed the rate since, the change is kept.
+    """
     sync = sync_of(optimizer)
+    if sync is None:
+        raise ValueError(
+            "learning-rate scaling needs a model compiled with hvdagent.DistributedOptimizer (or trained "
+            f"through DistributedAgent). Received: optimizer of type {type(optimizer).__name__}"
+        )
     inner = inner_of(optimizer)
-    old = sync.lr_multiplier if sync is not None else 1.0
-    if multiplier == old or _compat.has_schedule(inner):
+    if _compat.has_schedule(inner):
         return
-    _compat.set_lr(inner, _compat.get_lr(inner) / old * multiplier)
-    if sync is not None:
-        sync.lr_multiplier = multiplier
-        sync._lr_unscale = functools.partial(_unscaled_float, optimizer)
+    old = sync.lr_multiplier
+    current = _compat.get_lr(inner)
+    base = getattr(sync, "lr_base", None)
+    if base is None or not _same_float32(base * old, current):
+        base = current / old
+    _compat.set_lr(inner, base * multiplier)
+    sync.lr_base = base
+    sync.lr_multiplier = multiplier
+    sync._lr_unscale = functools.partial(_unscaled_float, optimizer)
+
+
+def _same_float32(a: float, b: float) -> bool:
+    import numpy as np
+
+    return np.float32(a) == np.float32(b)
 
 
 @contextlib.contextmanager
 def _unscaled_float(optimizer):
     sync, inner = sync_of(optimizer), inner_of(optimizer)
     scaled = _compat.get_lr(inner)
-    _compat.set_lr(inner, scaled / sync.lr_multiplier)
+    base = getattr(sync, "lr_base", None)
+    _compat.set_lr(inner, base if base is not None and _same_float32(base * sync.lr_multiplier, scaled) else scaled / sync.lr_multiplier)
     try:
         yield
     finally:

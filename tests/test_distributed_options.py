@@ -1,0 +1,69 @@
+"""Optimizer options, learning-rate scaling, synchronized callbacks and output
+hygiene under a real `horovodrun --gloo -np 2` run (tests/distributed/options_checks.py)."""
+
+import re
+
+import pytest
+
+from conftest import DIST, read_results, run_horovod
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("options")
+    proc = run_horovod(DIST / "options_checks.py", out, timeout=420)
+    return out, read_results(out), proc.stdout + proc.stderr
+
+
+def test_compression_keeps_replicas_identical_and_close_to_exact(run):
+    _, (r0, r1), _ = run
+    for comp, tol in (("fp16", 1e-3), ("bf16", 5e-3)):
+        assert r0[f"{comp}_digest"] == r1[f"{comp}_digest"]
+        assert 0 < r0[f"{comp}_vs_uncompressed"] < tol  # compressed, yet close
+
+
+def test_sum_op_accumulation_and_predivide_are_exact(run):
+    _, (r0, _), _ = run
+    assert r0["sum_vs_average_half_lr"] == 0.0  # sum with lr/2 == average with lr, for 2 ranks
+    assert r0["accum_vs_reference"] < 1e-5  # 2 ranks x 2 passes x 8 == 1 process x 32
+    assert r0["accum_updates"] == 8  # 256 samples / 32 per update
+    assert r0["predivide_vs_base"] < 1e-6
+
+
+def test_sparse_gradients_agree_across_ranks(run):
+    _, (r0, r1), _ = run
+    for dense in (False, True):
+        assert r0[f"sparse_as_dense_{dense}_digest"] == r1[f"sparse_as_dense_{dense}_digest"]
+
+
+def test_learning_rate_scaling_with_warmup_and_schedules(run):
+    _, results, _ = run
+    for r in results:
+        assert r["warmup_final_lr"] == pytest.approx(0.02, rel=1e-7)  # 0.01 x 2 ranks after warm-up
+        assert r["schedule_lr_ratio"] == pytest.approx(2.0)
+        assert r["schedule_warmup_lr_ratio"] == pytest.approx(2.0)
+
+
+def test_stop_and_learning_rate_decisions_are_identical_on_every_rank(run):
+    _, (r0, r1), _ = run
+    assert r0["early_stop_epochs"] == r1["early_stop_epochs"] < 40
+    assert r0["early_stop_final_lr"] == r1["early_stop_final_lr"] < 0.3  # ReduceLROnPlateau acted
+    # Rank 1 alone asks to stop at batch 3; the decision is shared, so both stop together.
+    assert r0["local_stop_updates"] == r1["local_stop_updates"] == 4
+    assert r0["local_stop_digest"] == r1["local_stop_digest"]
+
+
+def test_one_progress_bar_and_files_written_by_rank_zero_only(run):
+    out, (r0, r1), output = run
+    assert output.count("Epoch 1/2") == 1
+    assert not re.search(r"\[1\]<stdout>:.*Epoch", output)
+    shared = out / "shared"
+    assert sorted(p.name for p in shared.glob("ckpt-*.keras")) == ["ckpt-1.keras", "ckpt-2.keras"]
+    lines = (shared / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,") and len(lines) == 3  # header + 2 epochs, written once
+    events = list((shared / "tb").rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard wrote nothing"
+    writer_pids = {int(p.name.split(".")[-3]) for p in events}
+    assert writer_pids == {r0["pid"]}  # every event file comes from rank 0's process

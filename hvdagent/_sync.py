@@ -39,6 +39,13 @@ class GradientSync:
         self.sparse_as_dense = bool(sparse_as_dense)
         self.gradient_predivide_factor = float(gradient_predivide_factor)
         self.enabled = True  # benchmarks switch sync off to measure its cost
+        # One allreduce per gradient instead of one grouped allreduce, so each
+        # can start as soon as its gradient exists and overlap the rest of the
+        # backward pass (measured in docs/benchmarks.md).
+        self.overlap = False
+        # Set by hvdagent.profiler.SyncProfiler: begin(tensors) -> mark before
+        # the reduction, end(tensors, mark) -> tensors after it.
+        self.timer = None
         self.lr_multiplier = 1.0  # the learning-rate scale currently applied
         self._lr_unscale = None  # set by hvdagent._lr: how to undo that scale
         self.local_count = None
@@ -115,7 +122,16 @@ class GradientSync:
         if weighted:
             dense.append(tf.reshape(count, [1]))
         op = "sum" if weighted else self.op
-        reduced = _hvd.allreduce(dense, op=op, compression=self.compression, name="hvdagent_grads")
+        mark = self.timer.begin(dense) if self.timer is not None else None
+        if self.overlap:
+            reduced = [
+                _hvd.allreduce([t], op=op, compression=self.compression, name=f"hvdagent_grads.{k}")[0]
+                for k, t in enumerate(dense)
+            ]
+        else:
+            reduced = _hvd.allreduce(dense, op=op, compression=self.compression, name="hvdagent_grads")
+        if self.timer is not None:
+            reduced = self.timer.end(reduced, mark)
 
         out = list(grads)
         if weighted:

@@ -1,17 +1,22 @@
-# The two commands of the README. Each sets up what is missing first
-# (ci/setup.sh is idempotent and fast once done).
+# The commands of the README. Each sets up what is missing first
+# (ci/setup.sh is idempotent and takes seconds once done).
+#   make demo          the main job on one process
+#   make demo NP=2     the same job on 2 processes (horovodrun --gloo -np 2)
+#   make test          the whole test suite (what CI runs)
 PY := .venv/bin/python
+NP ?= 1
 
-.PHONY: setup demo demo2 test bench doctor
+.PHONY: setup demo test doctor bench
 
 setup:
 	bash ci/setup.sh
 
 demo: setup
-	$(PY) examples/train_digits.py
-
-demo2: setup
-	OMP_NUM_THREADS=1 .venv/bin/horovodrun --gloo -np 2 $(PY) examples/train_digits.py
+ifeq ($(NP),1)
+	OMP_NUM_THREADS=1 $(PY) examples/train_digits.py
+else
+	OMP_NUM_THREADS=1 .venv/bin/horovodrun --gloo -np $(NP) $(PY) examples/train_digits.py
+endif
 
 test: setup
 	bash ci/test.sh

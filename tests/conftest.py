@@ -20,7 +20,7 @@ def horovodrun_cmd(np_: int = 2):
     return [str(exe), "--gloo", "-np", str(np_)]
 
 
-def run_horovod(script, *args, np_=2, timeout=240, env=None, expect_ok=True):
+def run_horovod(script, *args, np_=2, timeout=240, env=None, expect_ok=True, cwd=None):
     """Run ``script`` on ``np_`` ranks with a hard timeout; return the CompletedProcess.
 
     Any non-zero exit of any rank makes horovodrun exit non-zero; a hang is a
@@ -31,7 +31,7 @@ def run_horovod(script, *args, np_=2, timeout=240, env=None, expect_ok=True):
     full_env.update(env or {})
     cmd = horovodrun_cmd(np_) + [sys.executable, str(script), *map(str, args)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(ROOT))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(cwd or ROOT))
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
         pytest.fail(f"horovodrun timed out after {timeout}s (a hang): {' '.join(cmd)}\n{out[-4000:]}")

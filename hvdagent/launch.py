@@ -420,7 +420,9 @@ class _Job:
             )
         missing = [r for r in range(self.np) if not (self.folder / f"result-{r}.pkl").exists()]
         if returncode != 0 or missing:
-            crashed = sorted(r for r, code in self.exit_codes.items() if code != 0)
+            # In the order horovodrun reported them: the first is the cause,
+            # the others were stopped because of it.
+            crashed = [r for r, code in self.exit_codes.items() if code != 0]
             rank = crashed[0] if crashed else (missing[0] if missing else None)
             if rank is not None and rank in self.exit_codes:
                 what = (f"rank {rank} of {self.np} exited with status {self.exit_codes[rank]} without reporting "

@@ -1,0 +1,92 @@
+"""Measure each sync-overhead lever of issue 6 on hvdagent, interleaved.
+
+    python benchmarks/levers.py                 # every lever, 2 repeats (~15 min on 2 cores)
+    python benchmarks/levers.py --only mpi,fp16 --repeats 3
+
+Every variant is hvdagent with 2 ranks on the benchmark model, changed in one
+respect; ``nosync`` is the upper bound. Prints median samples/s, the ratio to
+the default (``base``) and the sync overhead ``1 - variant / nosync``, and
+writes ``<out>/levers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run  # noqa: E402
+
+# name: (config, controller, env, worker args)
+VARIANTS = {
+    "base": ("hvdagent", "gloo", {}, []),
+    "nosync": ("nosync", "gloo", {}, []),
+    "horovod": ("horovod", "gloo", {}, []),
+    "cycle0.1": ("hvdagent", "gloo", {"HOROVOD_CYCLE_TIME": "0.1"}, []),
+    "cycle5": ("hvdagent", "gloo", {"HOROVOD_CYCLE_TIME": "5"}, []),
+    "fusion0": ("hvdagent", "gloo", {"HOROVOD_FUSION_THRESHOLD": "0"}, []),
+    "fusion1MB": ("hvdagent", "gloo", {"HOROVOD_FUSION_THRESHOLD": str(2**20)}, []),
+    "inter1": ("hvdagent", "gloo", {}, ["--inter", "1"]),
+    "pin": ("hvdagent", "gloo", {}, ["--pin"]),
+    "overlap": ("hvdagent", "gloo", {}, ["--overlap", "on"]),
+    "fp16": ("hvdagent", "gloo", {}, ["--compression", "fp16"]),
+    "bpps2": ("hvdagent", "gloo", {}, ["--bpps", "2"]),
+    "mpi": ("hvdagent", "mpi", {}, []),
+    "mpi-horovod": ("horovod", "mpi", {}, []),
+    "mpi-nosync": ("nosync", "mpi", {}, []),
+    "mpi-cycle0.1": ("hvdagent", "mpi", {"HOROVOD_CYCLE_TIME": "0.1"}, []),
+    "mpi-fp16": ("hvdagent", "mpi", {}, ["--compression", "fp16"]),
+    "mpi-overlap": ("hvdagent", "mpi", {}, ["--overlap", "on"]),
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--np", type=int, default=2)
+    p.add_argument("--out", default=str(HERE.parent / "bench-results"))
+    args = p.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+    for n in names:
+        if n not in VARIANTS:
+            p.error(f"unknown variant {n!r}; choose from {list(VARIANTS)}")
+    runs = []
+    for rep in range(args.repeats):
+        k = rep % len(names)
+        for name in names[k:] + names[:k]:
+            config, controller, env, wargs = VARIANTS[name]
+            rec = run.launch(config, args, controller=controller, env_extra=env, worker_args=wargs)
+            rec.update(name=name, repeat=rep)
+            runs.append(rec)
+            print(f"[{rep + 1}/{args.repeats}] {name:14s} "
+                  + (f"{rec['samples_per_s']:7.0f} samples/s" if "samples_per_s" in rec else f"FAILED\n{rec['error'][-800:]}"),
+                  flush=True)
+    summary = run.summarize(runs)
+    base = summary.get("base", {}).get("median")
+    print(f"\n{'variant':14s} {'median':>8s} {'x base':>7s} {'overhead':>9s}")
+    for name in names:
+        s = summary[name]
+        if not s.get("ok"):
+            print(f"{name:14s} failed")
+            continue
+        ctrl = VARIANTS[name][1]
+        ns = summary.get(f"{ctrl}-nosync" if ctrl == "mpi" and f"{ctrl}-nosync" in summary else "nosync", {}).get("median")
+        s["x_base"] = s["median"] / base if base else None
+        s["overhead"] = 1 - s["median"] / ns if ns else None
+        print(f"{name:14s} {s['median']:8.0f} {s['x_base'] or 0:7.3f} {s['overhead'] if s['overhead'] is not None else float('nan'):9.3f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "levers.json").write_text(json.dumps({"settings": vars(args), "runs": runs, "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

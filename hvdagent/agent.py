@@ -135,27 +135,25 @@ class DistributedAgent:
     def _install(self) -> None:
         model = self.model
         _metrics.install(model)
-        self._lr_scaled = False
         if not getattr(model, "_hvdagent_steps_installed", False):
             _install_steps(model)
         model.train_function = None
         model.test_function = None
         model.predict_function = None
 
-    def _scale_learning_rate(self, steps_per_epoch: int) -> List[Any]:
-        """Apply the linear scaling rule once; return callbacks it needs."""
-        if not self.scale_lr or self.size == 1 or self._lr_scaled:
+    def _lr_callbacks(self, steps_per_epoch: int) -> List[Any]:
+        """The linear scaling rule: callbacks for a float rate, a wrapper for a schedule."""
+        if not self.scale_lr or self.size == 1:
             return []
-        self._lr_scaled = True
         opt = self.model.optimizer
         if _compat.has_schedule(inner_of(opt)):
             _lr.scale_schedule(opt, self.size, int(self.warmup_epochs * steps_per_epoch))
             return []
-        if self.warmup_epochs == 0:
-            _lr.set_multiplier(opt, float(self.size))
-            return []
         from hvdagent.callbacks import LearningRateWarmupCallback
+        from hvdagent.callbacks._scale_lr import ScaleLearningRate
 
+        if self.warmup_epochs == 0:
+            return [ScaleLearningRate()]
         return [LearningRateWarmupCallback(self.warmup_epochs, steps_per_epoch=steps_per_epoch)]
 
     def _require_compiled(self, method: str) -> None:
@@ -166,7 +164,7 @@ class DistributedAgent:
             )
 
     # --- data ---------------------------------------------------------------------
-    def _prepare(self, x, y, sample_weight, batch_size, shuffle, seed, shard, for_training):
+    def _prepare(self, x, y, sample_weight, batch_size, shuffle, seed, shard, for_training, first_epoch=0):
         """Return (dataset or x, steps) for this rank."""
         import tensorflow as tf
 
@@ -188,7 +186,7 @@ class DistributedAgent:
         arrays = tuple(a for a in (x, y, sample_weight) if a is not None)
         if not shard:
             return _local_arrays(arrays, batch_size, shuffle and for_training, seed)
-        return data.array_dataset(arrays, batch_size, shuffle=shuffle and for_training, seed=seed)
+        return data.array_dataset(arrays, batch_size, shuffle=shuffle and for_training, seed=seed, first_epoch=first_epoch)
 
     # --- the Keras API ----------------------------------------------------------------
     def fit(
@@ -203,6 +201,7 @@ class DistributedAgent:
         shuffle: bool = True,
         shard: bool = True,
         seed: int = 0,
+        checkpoint_dir: Any = None,
         **kwargs,
     ):
         """Train like ``keras.Model.fit``, synchronously on every rank.
@@ -211,10 +210,14 @@ class DistributedAgent:
             shard: split the data by rank (default True). With ``False`` each
                 rank trains on the data it was given (it must differ per rank).
             seed: the shuffle seed, identical on every rank (default 0).
+            checkpoint_dir: save model, optimizer state and progress here at
+                the end of every epoch (rank 0, atomically), and resume from
+                the latest checkpoint there when ``fit`` starts (default None:
+                no checkpoints). See :mod:`hvdagent.checkpoint`.
 
         Returns:
             The ``History``; its values are the exact global metrics, the
-            same on every rank.
+            same on every rank. A resumed run's history holds the epochs it ran.
         """
         self._require_compiled("fit")
         _validate_fit_args(batch_size, epochs, seed)
@@ -225,7 +228,16 @@ class DistributedAgent:
                     f"Received: {bad}={kwargs[bad]!r}"
                 )
         user_callbacks = list(callbacks or [])
-        if self.size == 1:
+        ckpt, meta = None, None
+        if checkpoint_dir is not None:
+            from hvdagent.checkpoint import Checkpointer
+
+            ckpt = Checkpointer(checkpoint_dir)
+            ckpt.check_writable()
+            meta = ckpt.latest()
+            if meta is not None:
+                kwargs["initial_epoch"] = max(int(kwargs.get("initial_epoch", 0)), int(meta["epoch"]))
+        if self.size == 1 and ckpt is None:
             return self.model.fit(
                 x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=user_callbacks,
                 validation_data=validation_data, shuffle=shuffle, **kwargs,
@@ -236,15 +248,20 @@ class DistributedAgent:
                 f"hvdagent.shard_dataset). Received: batch_size={batch_size!r}"
             )
         sample_weight = kwargs.pop("sample_weight", None)
-        ds = self._prepare(x, y, sample_weight, batch_size, shuffle, seed, shard, for_training=True)
+        first_epoch = int(kwargs.get("initial_epoch", 0))
+        ds = self._prepare(x, y, sample_weight, batch_size, shuffle, seed, shard, for_training=True, first_epoch=first_epoch)
         steps = getattr(ds, data._STEPS_ATTR, None) or kwargs.get("steps_per_epoch") or 1
         val = None
         if validation_data is not None:
             val = self._prepare_validation(validation_data, kwargs.pop("validation_batch_size", None) or batch_size)
         from hvdagent.callbacks import BroadcastGlobalVariablesCallback
+        from hvdagent.callbacks._checkpoint import EpochCheckpoint
+        from hvdagent.callbacks._sync_stop import SyncStop
 
-        own = [BroadcastGlobalVariablesCallback(0)] + self._scale_learning_rate(steps)
-        cbs = own + _rank_filtered(user_callbacks, self._gen) + [_SyncStop.make(user_callbacks)]
+        first = [EpochCheckpoint(ckpt, "restore", meta)] if meta is not None else []
+        first += [BroadcastGlobalVariablesCallback(0)] + self._lr_callbacks(steps)
+        last = [SyncStop(user_callbacks)] + ([EpochCheckpoint(ckpt, "save")] if ckpt is not None else [])
+        cbs = first + _rank_filtered(user_callbacks, self._gen) + last
         return self.model.fit(
             ds, epochs=epochs, verbose=verbose if self.rank == 0 else 0,
             callbacks=[_as_model_cb(c, self.model) for c in cbs],
@@ -371,54 +388,12 @@ def _rank_filtered(callbacks: list, gen: int) -> list:
         if isinstance(cb, writers):
             continue
         if backup is not None and isinstance(cb, backup):
-            out.append(_ReadOnlyBackup.make(cb))
+            from hvdagent.callbacks._read_only_backup import ReadOnlyBackup
+
+            out.append(ReadOnlyBackup(cb))
             continue
         out.append(cb)
     return out
-
-
-class _ReadOnlyBackup:
-    """On ranks > 0, ``BackupAndRestore`` restores (so all ranks resume at the
-    same epoch) but never writes or deletes the backup."""
-
-    @staticmethod
-    def make(cb):
-        from hvdagent.callbacks._base import Callback
-
-        class ReadOnly(Callback):
-            def set_model(self, model):
-                super().set_model(model)
-                cb.set_model(model)
-
-            def on_train_begin(self, logs=None):
-                cb.on_train_begin(logs)
-
-        return ReadOnly()
-
-
-class _SyncStop:
-    """Make ``model.stop_training`` a collective decision (any rank stops -> all stop)."""
-
-    @staticmethod
-    def make(user_callbacks):
-        from hvdagent.callbacks._base import Callback
-
-        per_batch = any(
-            _compat.callback_overrides(cb, "on_train_batch_end") or _compat.callback_overrides(cb, "on_batch_end")
-            for cb in user_callbacks
-        )
-
-        def sync(model):
-            stop = _hvd.allreduce_object(1.0 if model.stop_training else 0.0, op="sum", name="hvdagent_stop")
-            model.stop_training = stop > 0
-
-        class SyncStop(Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                sync(self.model)
-
-        if per_batch:
-            SyncStop.on_train_batch_end = lambda self, batch, logs=None: sync(self.model)
-        return SyncStop()
 
 
 def _install_steps(model) -> None:

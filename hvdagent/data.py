@@ -169,8 +169,8 @@ def shard_batched(ds, shard: bool = True):
 class _EpochPermutation:
     """Yields one permutation of ``range(n)`` per epoch, identical on every rank."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, first_epoch: int = 0):
+        self.n, self.seed, self.epoch = n, seed, first_epoch
 
     def __call__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -186,8 +186,14 @@ def num_samples(arrays) -> int:
     return lengths.pop()
 
 
-def array_dataset(arrays, batch_size: int, shuffle: bool = False, seed: int = 0, drop_remainder: bool = False):
-    """A per-rank dataset over numpy arrays (x, y, sample_weight structure)."""
+def array_dataset(arrays, batch_size: int, shuffle: bool = False, seed: int = 0, drop_remainder: bool = False,
+                  first_epoch: int = 0):
+    """A per-rank dataset over numpy arrays (x, y, sample_weight structure).
+
+    The shuffle order of epoch ``e`` depends only on ``seed`` and ``e``
+    (``first_epoch`` is the epoch its first iteration is), so a resumed run
+    sees the same batches as an uninterrupted one.
+    """
     tf = _tf()
     _validate_batch_size(batch_size)
     n = num_samples(arrays)
@@ -199,7 +205,7 @@ def array_dataset(arrays, batch_size: int, shuffle: bool = False, seed: int = 0,
         n_used = n
     if shuffle:
         idx = tf.data.Dataset.from_generator(
-            _EpochPermutation(n, seed), output_signature=tf.TensorSpec([n], tf.int64)
+            _EpochPermutation(n, seed, first_epoch), output_signature=tf.TensorSpec([n], tf.int64)
         ).unbatch()
     else:
         idx = tf.data.Dataset.range(n)

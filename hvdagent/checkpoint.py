@@ -1,0 +1,154 @@
+"""Epoch checkpoints for ``agent.fit(..., checkpoint_dir=PATH)``: save, resume.
+
+At the end of every epoch rank 0 writes the model's state (weights and RNG
+seed state), the optimizer's state (slots, iteration count, the *unscaled*
+learning rate) and the number of completed epochs. Writes are atomic: the
+arrays go to a temporary file that is renamed into place, then ``latest.json``
+is replaced to point at it, so a crash at any moment leaves the previous
+checkpoint intact. Running the same command again makes every rank read the
+latest checkpoint and continue with the next epoch; the data order of each
+epoch depends only on the seed and the epoch number, so a resumed run ends
+with the weights of an uninterrupted one. A checkpoint written with another
+number of ranks resumes the same way (the learning rate is rescaled for the
+new size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, List, Optional
+
+import numpy as np
+
+from hvdagent import _compat, _hvd
+from hvdagent._logging import get_logger
+from hvdagent.optimizer import inner_of, sync_of
+
+log = get_logger(__name__)
+
+LATEST = "latest.json"
+FORMAT = 1
+
+
+def _name(v) -> str:
+    return getattr(v, "path", None) or v.name
+
+
+def state_variables(model) -> List[Any]:
+    """Model variables (weights and RNG state), then the inner optimizer's."""
+    out = list(model.variables)
+    opt = getattr(model, "optimizer", None)
+    if opt is not None:
+        out += list(inner_of(opt).variables)
+    return out
+
+
+class Checkpointer:
+    """Reads and writes one checkpoint directory (see the module docstring)."""
+
+    def __init__(self, directory: Any):
+        if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            raise TypeError(f"checkpoint_dir must be a path (str or os.PathLike). Received: checkpoint_dir={directory!r}")
+        self.directory = os.fspath(directory)
+
+    def check_writable(self) -> None:
+        """Raise ValueError on every rank if rank 0 cannot write the directory."""
+        problem = None
+        if _hvd.rank() == 0:
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".write-test-"):
+                    pass
+            except OSError as err:
+                problem = f"{type(err).__name__}: {err.strerror or err}"
+        problem = _hvd.broadcast_object(problem, name="hvdagent_ckpt_writable")
+        if problem:
+            raise ValueError(
+                f"checkpoint_dir is not writable by rank 0 ({problem}); pass a directory you can write. "
+                f"Received: checkpoint_dir={self.directory!r}"
+            )
+
+    def latest(self) -> Optional[dict]:
+        """The latest checkpoint's metadata, or None (read on every rank)."""
+        path = os.path.join(self.directory, LATEST)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} was written by an incompatible hvdagent (format {meta.get('format')!r}, expected {FORMAT})")
+        return meta
+
+    def save(self, model, epochs_done: int) -> None:
+        """Write the state after ``epochs_done`` epochs (rank 0 only; others return)."""
+        if _hvd.rank() != 0:
+            return
+        sync = sync_of(model.optimizer)
+        with sync.unscaled_learning_rate() if sync is not None else _nullcontext():
+            variables = state_variables(model)
+            arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+            names = [_name(v) for v in variables]
+        data_name = f"ckpt-{epochs_done:06d}.npz"
+        self._atomic_write(data_name, lambda f: np.savez(f, **arrays), binary=True)
+        meta = {"format": FORMAT, "epoch": epochs_done, "size": _hvd.size(), "file": data_name, "variables": names,
+                "shapes": [list(a.shape) for a in arrays.values()]}
+        self._atomic_write(LATEST, lambda f: json.dump(meta, f, indent=1), binary=False)
+        for old in os.listdir(self.directory):
+            if old.startswith("ckpt-") and old.endswith(".npz") and old != data_name:
+                try:
+                    os.remove(os.path.join(self.directory, old))
+                except OSError:
+                    pass
+        log.info("checkpoint: epoch %d saved to %s", epochs_done, os.path.join(self.directory, data_name))
+
+    def _atomic_write(self, name: str, write, binary: bool) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.tmp-")
+        try:
+            with os.fdopen(fd, "wb" if binary else "w") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self.directory, name))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def restore(self, model, meta: dict) -> None:
+        """Load the checkpoint ``meta`` points to into ``model`` (every rank)."""
+        _compat.build_optimizer(model)
+        variables = state_variables(model)
+        path = os.path.join(self.directory, meta["file"])
+        with np.load(path) as data:
+            arrays = [data[f"v{i}"] for i in range(len(data.files))]
+        names = meta.get("variables", [])
+        if len(arrays) != len(variables):
+            raise ValueError(
+                f"the checkpoint {path} holds {len(arrays)} variables but the model and optimizer have "
+                f"{len(variables)}: it was written for a different architecture or optimizer. "
+                f"Received: checkpoint variables {names[:6]}..., model variables {[_name(v) for v in variables][:6]}..."
+            )
+        for i, (v, a) in enumerate(zip(variables, arrays)):
+            if tuple(v.shape) != a.shape:
+                raise ValueError(
+                    f"the checkpoint {path} does not fit this model: variable {_name(v)!r} has shape {list(v.shape)} "
+                    f"but the checkpoint's {names[i] if i < len(names) else i!r} has shape {list(a.shape)} "
+                    "(a different architecture). Use another checkpoint_dir or the matching model."
+                )
+        for v, a in zip(variables, arrays):
+            v.assign(a)
+        sync = sync_of(model.optimizer)
+        if sync is not None:  # the restored learning rate is the unscaled one
+            sync.lr_multiplier = 1.0
+            sync.lr_base = None
+        log.info("checkpoint: resumed from epoch %d (%s, written by %d rank(s))", meta["epoch"], path, meta["size"])
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

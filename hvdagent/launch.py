@@ -45,6 +45,10 @@ __all__ = ["launch", "LaunchError", "LaunchTimeoutError"]
 _PREFIX = re.compile(rb"^\[(\d+)\]<(stdout|stderr)>:")
 # horovodrun reports a rank that exited non-zero with this line.
 _EXIT_LINE = re.compile(r"Process (\d+) exit with status code (-?\d+)")
+# ... and, at the end, the rank that exited non-zero first (the cause; the
+# others were stopped because of it): "The first process to do so was:" is
+# followed by "Process name: <rank>".
+_FIRST_LINE = re.compile(r"^Process name: (\d+)\s*$")
 # TensorFlow's C++ (absl) log lines: severity letter I/W/E/F, then MMDD. TF
 # prints some before it reads TF_CPP_MIN_LOG_LEVEL; the live view honours it.
 _ABSL_LINE = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d\d|(WARNING): All log messages before absl::InitializeLog)")
@@ -283,7 +287,8 @@ class _Job:
         self.shown, self.extra_env, self.verbose = shown, extra_env, verbose
         self.tails = {r: deque(maxlen=_TAIL_LINES) for r in range(np_)}
         self.launcher_tail: deque = deque(maxlen=_TAIL_LINES)
-        self.exit_codes: Dict[int, int] = {}
+        self.exit_codes: Dict[int, int] = {}  # in the order horovodrun reported the exits
+        self.first_failed: Optional[int] = None
         self.tracked: Dict[int, Any] = {}
         self.lines: "queue.Queue" = queue.Queue()
         self.min_log_level = _min_log_level(self.environment().get("TF_CPP_MIN_LOG_LEVEL"))
@@ -365,6 +370,9 @@ class _Job:
             exit_line = _EXIT_LINE.search(text)
             if exit_line:
                 self.exit_codes[int(exit_line.group(1))] = int(exit_line.group(2))
+            first = _FIRST_LINE.match(text.strip())
+            if first and self.first_failed is None:
+                self.first_failed = int(first.group(1))
             if self.verbose:
                 _write(sys.stderr, "[launcher] " + text)
             return
@@ -407,36 +415,45 @@ class _Job:
 
     def _collect(self, returncode: int) -> List[Any]:
         errors = self._errors()
-        if errors:
-            first = min(errors, key=lambda r: (errors[r]["time"], r))
-            info = errors[first]
-            others = sorted(r for r in errors if r != first)
+        culprit = self._culprit(errors)
+        if culprit is not None and culprit in errors:
+            info = errors[culprit]
+            others = sorted(r for r in errors if r != culprit)
             also = f" (rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} failed after it)" if others else ""
             raise LaunchError(
-                f"rank {first} of {self.np} failed with {info['type']}: {info['message']}{also}\n\n"
-                f"Traceback of rank {first}:\n{info['traceback'].rstrip()}",
-                rank=first, traceback=info["traceback"], errors={r: e["traceback"] for r, e in errors.items()},
-                output="\n".join(self.tails[first]),
+                f"rank {culprit} of {self.np} failed with {info['type']}: {info['message']}{also}\n\n"
+                f"Traceback of rank {culprit}:\n{info['traceback'].rstrip()}",
+                rank=culprit, traceback=info["traceback"], errors={r: e["traceback"] for r, e in errors.items()},
+                output="\n".join(self.tails[culprit]),
             )
         missing = [r for r in range(self.np) if not (self.folder / f"result-{r}.pkl").exists()]
-        if returncode != 0 or missing:
-            # In the order horovodrun reported them: the first is the cause,
-            # the others were stopped because of it.
-            crashed = [r for r, code in self.exit_codes.items() if code != 0]
-            rank = crashed[0] if crashed else (missing[0] if missing else None)
-            if rank is not None and rank in self.exit_codes:
-                what = (f"rank {rank} of {self.np} exited with status {self.exit_codes[rank]} without reporting "
-                        "an error (it was killed, ran out of memory, called os._exit, or crashed in native code)")
-                tail = "\n".join(self.tails[rank])
-            elif rank is not None and returncode == 0:
-                what = f"rank {rank} of {self.np} returned no result"
-                tail = "\n".join(self.tails[rank])
-            else:
-                rank = None
-                what = f"horovodrun exited with status {returncode} before the ranks reported"
-                tail = "\n".join(self._all_tails())
-            raise LaunchError(f"{what}. Last output:\n{tail}", rank=rank, output=tail)
-        return [self._result(r) for r in range(self.np)]
+        if culprit is not None and culprit in self.exit_codes:
+            what = (f"rank {culprit} of {self.np} exited with status {self.exit_codes[culprit]} without reporting "
+                    "an error (it was killed, ran out of memory, called os._exit, or crashed in native code)")
+            tail = "\n".join(self.tails[culprit])
+        elif returncode == 0 and missing:
+            culprit = missing[0]
+            what = f"rank {culprit} of {self.np} returned no result"
+            tail = "\n".join(self.tails[culprit])
+        elif returncode != 0 or missing:
+            culprit = None
+            what = f"horovodrun exited with status {returncode} before the ranks reported"
+            tail = "\n".join(self._all_tails())
+        else:
+            return [self._result(r) for r in range(self.np)]
+        raise LaunchError(f"{what}. Last output:\n{tail}", rank=culprit, errors={r: e["traceback"] for r, e in errors.items()},
+                          output=tail)
+
+    def _culprit(self, errors: Dict[int, dict]) -> Optional[int]:
+        """The rank that failed first: the others were stopped, or failed, because of it."""
+        if self.first_failed is not None:
+            return self.first_failed
+        crashed = [r for r, code in self.exit_codes.items() if code != 0]
+        if crashed:
+            return crashed[0]
+        if errors:
+            return min(errors, key=lambda r: (errors[r]["time"], r))
+        return None
 
     def _errors(self) -> Dict[int, dict]:
         out = {}

@@ -441,7 +441,8 @@ class _Job:
             tail = "\n".join(self._all_tails())
         else:
             return [self._result(r) for r in range(self.np)]
-        raise LaunchError(f"{what}. Last output:\n{tail}", rank=culprit, errors={r: e["traceback"] for r, e in errors.items()},
+        last = f"Last output:\n{tail}" if tail.strip() else "It printed nothing."
+        raise LaunchError(f"{what}. {last}", rank=culprit, errors={r: e["traceback"] for r, e in errors.items()},
                           output=tail)
 
     def _culprit(self, errors: Dict[int, dict]) -> Optional[int]:

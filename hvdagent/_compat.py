@@ -110,9 +110,13 @@ def set_lr(optimizer, value: float) -> None:
 
 
 def build_optimizer(model) -> None:
-    """Create the optimizer's variables now (tf_keras builds lazily on first apply)."""
+    """Create the optimizer's slot variables now, if they do not exist yet.
+
+    tf_keras builds lazily on the first apply; Keras 3 at the start of ``fit``
+    only when the model itself is not built yet.
+    """
     opt = model.optimizer
-    if not getattr(opt, "built", False) and generation(opt) == KERAS2:
+    if opt is not None and not getattr(opt, "built", False):
         opt.build(model.trainable_variables)
 
 

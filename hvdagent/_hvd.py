@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 _LOCK = threading.Lock()
+# The name of the eager collective this process is blocked in, if any (read by
+# the stall watchdog to tell "waiting for the others" from "stuck elsewhere").
+WAITING_IN: Optional[str] = None
 _HVD = None  # the horovod.tensorflow module once imported
 _IMPORT_ERROR: Optional[BaseException] = None
 
@@ -276,14 +279,16 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: Optional[str] = None) -
     """Return ``root_rank``'s picklable ``obj`` on every rank."""
     if size() == 1:
         return obj
-    return _ready().broadcast_object(obj, root_rank=root_rank, name=name)
+    with _waiting(name or "broadcast_object"):
+        return _ready().broadcast_object(obj, root_rank=root_rank, name=name)
 
 
 def allgather_object(obj: Any, name: Optional[str] = None) -> List[Any]:
     """Return the list of every rank's picklable ``obj``, in rank order."""
     if size() == 1:
         return [obj]
-    return list(_ready().allgather_object(obj, name=name))
+    with _waiting(name or "allgather_object"):
+        return list(_ready().allgather_object(obj, name=name))
 
 
 def allreduce_object(value: float, op: str = "sum", name: Optional[str] = None) -> float:
@@ -292,8 +297,23 @@ def allreduce_object(value: float, op: str = "sum", name: Optional[str] = None) 
         return value
     import tensorflow as tf
 
-    out = _ready().allreduce(tf.constant(value, tf.float64), op=_op(op), name=name)
-    return float(out.numpy())
+    with _waiting(name or "allreduce_object"):
+        out = _ready().allreduce(tf.constant(value, tf.float64), op=_op(op), name=name)
+        return float(out.numpy())
+
+
+class _waiting:
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        global WAITING_IN
+        WAITING_IN = self.name
+
+    def __exit__(self, *exc):
+        global WAITING_IN
+        WAITING_IN = None
+        return False
 
 
 def barrier() -> None:
@@ -303,7 +323,8 @@ def barrier() -> None:
     import tensorflow as tf
 
     # horovod.tensorflow 0.28 has no barrier(); a one-element allreduce is one.
-    allreduce([tf.zeros([1])], op="sum", name="hvdagent_barrier")[0].numpy()
+    with _waiting("barrier"):
+        allreduce([tf.zeros([1])], op="sum", name="hvdagent_barrier")[0].numpy()
 
 
 def np_prod(shape) -> int:
@@ -311,3 +332,42 @@ def np_prod(shape) -> int:
     for d in shape:
         out *= int(d)
     return out
+
+
+# --- the launcher's key-value store (heartbeats for stall reports) -------------
+
+def _kv_address():
+    addr = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR")
+    port = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_PORT")
+    return (addr, port) if addr and port else None
+
+
+def kv_put(key: str, value: Any) -> bool:
+    """Store ``value`` under ``key`` in horovodrun's Gloo rendezvous store.
+
+    Returns False (and stores nothing) when the job was not started by a Gloo
+    launcher or the store is gone; never raises.
+    """
+    where = _kv_address()
+    if where is None:
+        return False
+    try:
+        from horovod.runner.http.http_client import put_data_into_kvstore
+
+        put_data_into_kvstore(where[0], where[1], "hvdagent", key, value)
+        return True
+    except Exception:  # noqa: BLE001 (best effort: the store is a diagnostic aid)
+        return False
+
+
+def kv_get(key: str) -> Any:
+    """Read ``key`` back (None when absent or unavailable); never raises."""
+    where = _kv_address()
+    if where is None:
+        return None
+    try:
+        from horovod.runner.http.http_client import read_data_from_kvstore
+
+        return read_data_from_kvstore(where[0], where[1], "hvdagent", key)
+    except Exception:  # noqa: BLE001
+        return None

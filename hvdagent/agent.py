@@ -47,6 +47,9 @@ class DistributedAgent:
         op: ``"average"`` (default), ``"sum"`` or ``"adasum"``.
         sparse_as_dense: reduce sparse gradients as dense (default False).
         gradient_predivide_factor: see :func:`hvdagent.DistributedOptimizer`.
+        stall_timeout: with several ranks, end the job (exit status 75, with a
+            report naming the ranks that stopped) when no training progress is
+            made for this many seconds (default 60; None disables).
 
     Example (``scale_lr``): SGD(0.01), 4 ranks, ``warmup_epochs=2`` trains at
     0.01 at the first step, ramps linearly to 0.04 by the end of epoch 1, then
@@ -71,6 +74,7 @@ class DistributedAgent:
         op: str = "average",
         sparse_as_dense: bool = False,
         gradient_predivide_factor: float = 1.0,
+        stall_timeout: Optional[float] = 60.0,
     ):
         if not _compat.is_model(model):
             raise TypeError(
@@ -81,6 +85,9 @@ class DistributedAgent:
             raise TypeError(f"scale_lr must be True or False. Received: scale_lr={scale_lr!r}")
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be a number >= 0. Received: warmup_epochs={warmup_epochs!r}")
+        if stall_timeout is not None and (isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or stall_timeout <= 0):
+            raise ValueError(f"stall_timeout must be a number of seconds > 0, or None to disable. Received: stall_timeout={stall_timeout!r}")
+        self.stall_timeout = stall_timeout
         self._options = _validate_options(op, compression, backward_passes_per_step, sparse_as_dense, gradient_predivide_factor)
         _hvd.init()
         self.model = model
@@ -258,7 +265,12 @@ class DistributedAgent:
         from hvdagent.callbacks._checkpoint import EpochCheckpoint
         from hvdagent.callbacks._sync_stop import SyncStop
 
-        first = [EpochCheckpoint(ckpt, "restore", meta)] if meta is not None else []
+        first = []
+        if self.stall_timeout is not None and self.size > 1:
+            from hvdagent.callbacks._heartbeat import Heartbeat
+
+            first.append(Heartbeat(self.stall_timeout))
+        first += [EpochCheckpoint(ckpt, "restore", meta)] if meta is not None else []
         first += [BroadcastGlobalVariablesCallback(0)] + self._lr_callbacks(steps)
         last = [SyncStop(user_callbacks)] + ([EpochCheckpoint(ckpt, "save")] if ckpt is not None else [])
         cbs = first + _rank_filtered(user_callbacks, self._gen) + last

@@ -1,0 +1,83 @@
+"""No hangs, no lost work: real `horovodrun --gloo -np 2` runs that kill, raise and stall a rank.
+
+Each run is tests/distributed/reliability_checks.py; see its docstring.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from conftest import DIST, run_horovod
+
+SCRIPT = DIST / "reliability_checks.py"
+pytestmark = pytest.mark.timeout(900)
+
+
+def _leftovers():
+    return [p for p in psutil.process_iter(["cmdline"]) if any("reliability_checks.py" in c for c in (p.info["cmdline"] or []))]
+
+
+def _weights(path):
+    with np.load(path) as f:
+        return [f[k] for k in f.files]
+
+
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    out = tmp_path / "out"
+    run_horovod(SCRIPT, "train", out, tmp_path / "ckA", "full", timeout=300)
+
+    proc = run_horovod(SCRIPT, "train", out, tmp_path / "ckB", "part", 2, timeout=300, expect_ok=False)
+    ended = time.time()
+    assert proc.returncode != 0
+    assert "Exit code: 137" in proc.stdout + proc.stderr  # rank 1 was SIGKILLed...
+    assert ended - float((out / "killed-at.txt").read_text()) < 60  # ...and the job ended within the bound
+    assert not _leftovers()
+    latest = json.loads((tmp_path / "ckB" / "latest.json").read_text())
+    assert latest["epoch"] == 2 and latest["size"] == 2  # epochs 0 and 1 were saved, 2 was lost
+    shutil.copytree(tmp_path / "ckB", tmp_path / "ckC")
+
+    run_horovod(SCRIPT, "train", out, tmp_path / "ckB", "resumed", timeout=300)
+    for r in (0, 1):
+        assert (out / f"epochs-resumed-rank{r}.txt").read_text().split() == ["2", "3"]  # no completed epoch repeated
+        full = _weights(out / f"weights-full-rank{r}.npz")
+        resumed = _weights(out / f"weights-resumed-rank{r}.npz")
+        assert max(float(np.max(np.abs(a - b))) for a, b in zip(full, resumed)) <= 1e-6
+    result = json.loads((out / "result-resumed-rank0.json").read_text())
+    assert result == {"lr": pytest.approx(0.02), "epochs_run": 2, "iterations": 40}
+
+    # A checkpoint written by 2 ranks resumes on 1 process: same epoch, rate rescaled for size 1.
+    proc = subprocess.run([sys.executable, str(SCRIPT), "train", str(out), str(tmp_path / "ckC"), "single"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "epochs-single-rank0.txt").read_text().split() == ["2", "3"]
+    single = json.loads((out / "result-single-rank0.json").read_text())
+    assert single["lr"] == pytest.approx(0.01) and single["epochs_run"] == 2
+    assert single["iterations"] == 20 + 2 * 20  # 20 updates saved, then 200 / 10 per epoch
+
+
+def test_a_raising_rank_ends_the_job_and_its_error_is_shown(tmp_path):
+    start = time.time()
+    proc = run_horovod(SCRIPT, "raise", tmp_path, timeout=300, expect_ok=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "[1]<stderr>:RuntimeError: boom: a deliberate failure on rank 1" in text
+    assert time.time() - start < 120
+    assert not _leftovers()
+
+
+def test_a_stalled_rank_is_reported_and_the_job_ends(tmp_path):
+    proc = run_horovod(SCRIPT, "stall", tmp_path, timeout=300, expect_ok=False, env={"STALL_TIMEOUT": "15"})
+    ended = time.time()
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "stall detected" in text and "rank(s) [1] stopped making progress" in text, text[-3000:]
+    assert "Exit code: 75" in text
+    assert ended - float((tmp_path / "stalled-at.txt").read_text()) < 15 + 30
+    assert not _leftovers()

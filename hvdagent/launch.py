@@ -118,7 +118,12 @@ def launch(
     The workers run with the caller's environment and working directory,
     minus every ``HOROVOD_*`` variable (a Horovod initialised in the caller
     must not leak into the job; pass Horovod settings through ``env``), plus
-    ``env``. Their output is unbuffered.
+    ``env``. Their output is unbuffered. Interrupting the caller (``Ctrl-C``,
+    a notebook's stop button) stops every rank before the
+    ``KeyboardInterrupt`` propagates.
+
+    The errors are importable as ``from hvdagent.launch import LaunchError,
+    LaunchTimeoutError``; ``LaunchError`` is a ``RuntimeError``.
 
     Args:
         fn: the function every rank calls. A function defined in a notebook

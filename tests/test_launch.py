@@ -6,6 +6,7 @@ launch must work from a process that already imported it (a notebook).
 """
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -152,6 +153,16 @@ def test_timeout_stops_every_rank(tmp_path, by_value):
     pids = [int((tmp_path / f"started-{r}").read_text()) for r in range(2)]  # both ranks were running...
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
     assert _leftover_workers(t0) == []  # ...and nothing of the job is left
+
+    # Interrupting the caller (Ctrl-C, a notebook's stop button) stops the job too.
+    t1 = time.time()
+    timer = threading.Timer(6, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        hvdagent.launch(_sleep_forever, np=2, args=(str(tmp_path),), timeout=100)
+    timer.join()
+    assert time.time() - t1 < 6 + 15
+    assert _leftover_workers(t1) == []
 
 
 def test_refuses_inside_a_rank_and_unsendable_functions_before_starting(monkeypatch):

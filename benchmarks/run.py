@@ -256,6 +256,7 @@ def run_allreduce(args, out: Path, controller: str) -> dict:
     if args.tiny:
         exe += ["--max-bytes", str(256 * 1024), "--iters", "5"]
     env = base_env()
+    env.update(args.env)
     if controller == "mpi":
         env.update(mpi_env())
     proc = subprocess.run(exe, env=env, capture_output=True, text=True, timeout=600)
@@ -278,6 +279,11 @@ def parse(argv=None):
     p.add_argument("--np", type=int, default=2, help="ranks / workers (default 2)")
     p.add_argument("--controller", choices=CONTROLLERS, default="gloo",
                    help="horovodrun --gloo or --mpi for the Horovod configurations (default gloo)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for every Horovod configuration alike (hvdagent, horovod, nosync), "
+                        "e.g. --env HOROVOD_CYCLE_TIME=0.1; repeatable")
+    p.add_argument("--hvdagent-args", default="", help="extra worker.py arguments for hvdagent and nosync, "
+                                                       "e.g. '--overlap on' or '--compression fp16'")
     p.add_argument("--out", default=str(ROOT / "bench-results"), help="output folder (default bench-results/)")
     p.add_argument("--tiny", action="store_true", help="smoke run: 5 steps, 1 timed epoch, 1 repeat, small allreduce sizes")
     p.add_argument("--no-allreduce", action="store_true", help="skip the allreduce microbenchmark")
@@ -292,6 +298,10 @@ def parse(argv=None):
     if bad:
         p.error(f"unknown configuration(s) {bad}; choose from {list(CONFIGS)}")
     args.configs = configs
+    bad_env = [e for e in args.env if "=" not in e]
+    if bad_env:
+        p.error(f"--env takes KEY=VALUE. Received: {bad_env}")
+    args.env = dict(e.split("=", 1) for e in args.env)
     return args
 
 
@@ -307,7 +317,10 @@ def main(argv=None) -> int:
             k = rep % len(args.configs)
             order = args.configs[k:] + args.configs[:k]
             for config in order:
-                rec = launch(config, args, controller=args.controller, timeout=args.timeout)
+                env = args.env if config in ("hvdagent", "horovod", "nosync") else {}
+                wargs = args.hvdagent_args.split() if config in ("hvdagent", "nosync") else []
+                rec = launch(config, args, controller=args.controller, env_extra=env, worker_args=wargs,
+                             timeout=args.timeout)
                 rec.update(name=config, repeat=rep)
                 runs.append(rec)
                 shown = f"{rec['samples_per_s']:8.0f} samples/s  peak RSS {rec['peak_rss_mb']:.0f} MB" if "samples_per_s" in rec else f"FAILED rc={rec['rc']}"
@@ -331,7 +344,8 @@ def main(argv=None) -> int:
             print(f"target {k} {t['target']}: {'met' if t['met'] else 'MISSED'} ({t['value']:.3f})")
         if not args.no_plot and summary:
             plot(summary, rats, out / "bench.png",
-                 f"{args.np} ranks x batch {args.batch}, {args.steps} steps x {args.epochs} epochs, {args.controller}")
+                 f"{args.np} ranks x batch {args.batch}, {args.steps} steps x {args.epochs} epochs, {args.controller} "
+                 + " ".join(f"{k}={v}" for k, v in args.env.items()) + f" {args.hvdagent_args}")
     if not args.no_allreduce or args.allreduce_only:
         data = run_allreduce(args, out, args.controller)
         report["allreduce"] = data

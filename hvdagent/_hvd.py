@@ -371,3 +371,61 @@ def kv_get(key: str) -> Any:
         return read_data_from_kvstore(where[0], where[1], "hvdagent", key)
     except Exception:  # noqa: BLE001
         return None
+
+
+# --- elastic training (horovodrun --min-np/--max-np) --------------------------
+
+def make_elastic_state(hooks):
+    """A Horovod elastic ``State`` whose save/restore/sync/reset call ``hooks``.
+
+    The class is defined inside this function only to keep the Horovod import
+    lazy; it is the same small adapter every time.
+    """
+    from horovod.common.elastic import State
+
+    class HookState(State):
+        def __init__(self):
+            super().__init__(bcast_object=broadcast_object, get_rank=rank)
+
+        def save(self):
+            hooks.save()
+
+        def restore(self):
+            hooks.restore()
+
+        def sync(self):
+            hooks.sync()
+
+        def reset(self):
+            hooks.reset()
+
+    return HookState()
+
+
+def elastic_run(func):
+    """Horovod's elastic retry loop around ``func(state, ...)``.
+
+    Collective failures surface from Keras as TensorFlow errors; they are
+    turned into Horovod's ``HorovodInternalError`` so that the loop restores
+    the last commit, re-initialises Horovod with the new set of workers, and
+    calls ``func`` again.
+    """
+    from horovod.common.elastic import run_fn
+    from horovod.common.exceptions import HorovodInternalError
+
+    import tensorflow as tf
+
+    def wrapper(state, *args, **kwargs):
+        try:
+            return func(state, *args, **kwargs)
+        except (tf.errors.UnknownError, tf.errors.InternalError, tf.errors.AbortedError) as err:
+            if "Horovod" in str(err):
+                raise HorovodInternalError(err) from err
+            raise
+
+    def reset():
+        hvd = _module()
+        hvd.shutdown()
+        hvd.init()
+
+    return run_fn(wrapper, reset)

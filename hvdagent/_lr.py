@@ -118,3 +118,16 @@ def _unscaled_schedule(optimizer, original):
         yield
     finally:
         _compat.set_raw_learning_rate(inner, scaled)
+
+
+def unscale(optimizer) -> None:
+    """Back to the unscaled rate (one process, for example after an elastic
+    job shrank to one worker); does nothing if it was never scaled."""
+    sync = sync_of(optimizer)
+    if sync is None or sync.lr_multiplier == 1.0:
+        return
+    inner = inner_of(optimizer)
+    if _compat.has_schedule(inner):
+        scale_schedule(optimizer, 1, 0)
+    else:
+        set_multiplier(optimizer, 1.0)

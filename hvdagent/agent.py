@@ -150,7 +150,7 @@ class DistributedAgent:
 
     def _lr_callbacks(self, steps_per_epoch: int) -> List[Any]:
         """The linear scaling rule: callbacks for a float rate, a wrapper for a schedule."""
-        if not self.scale_lr or self.size == 1:
+        if not self.scale_lr:
             return []
         opt = self.model.optimizer
         if _compat.has_schedule(inner_of(opt)):
@@ -209,6 +209,7 @@ class DistributedAgent:
         shard: bool = True,
         seed: int = 0,
         checkpoint_dir: Any = None,
+        elastic: bool = False,
         **kwargs,
     ):
         """Train like ``keras.Model.fit``, synchronously on every rank.
@@ -221,6 +222,9 @@ class DistributedAgent:
                 the end of every epoch (rank 0, atomically), and resume from
                 the latest checkpoint there when ``fit`` starts (default None:
                 no checkpoints). See :mod:`hvdagent.checkpoint`.
+            elastic: keep training when workers leave or join under
+                ``horovodrun --min-np/--max-np`` (default False). See
+                :mod:`hvdagent.elastic`.
 
         Returns:
             The ``History``; its values are the exact global metrics, the
@@ -234,6 +238,12 @@ class DistributedAgent:
                     f"{bad} is not supported by agent.fit: split the data yourself and pass validation_data. "
                     f"Received: {bad}={kwargs[bad]!r}"
                 )
+        if elastic:
+            from hvdagent import elastic as elastic_module
+
+            return elastic_module.fit(self, epochs, callbacks, dict(
+                x=x, y=y, batch_size=batch_size, verbose=verbose, validation_data=validation_data,
+                shuffle=shuffle, shard=shard, seed=seed, checkpoint_dir=checkpoint_dir, **kwargs))
         user_callbacks = list(callbacks or [])
         ckpt, meta = None, None
         if checkpoint_dir is not None:
@@ -245,6 +255,7 @@ class DistributedAgent:
             if meta is not None:
                 kwargs["initial_epoch"] = max(int(kwargs.get("initial_epoch", 0)), int(meta["epoch"]))
         if self.size == 1 and ckpt is None:
+            _lr.unscale(self.model.optimizer)
             return self.model.fit(
                 x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=user_callbacks,
                 validation_data=validation_data, shuffle=shuffle, **kwargs,

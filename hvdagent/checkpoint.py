@@ -38,11 +38,49 @@ def _name(v) -> str:
 
 def state_variables(model) -> List[Any]:
     """Model variables (weights and RNG state), then the inner optimizer's."""
+    _compat.build_optimizer(model)
     out = list(model.variables)
     opt = getattr(model, "optimizer", None)
     if opt is not None:
         out += list(inner_of(opt).variables)
     return out
+
+
+def snapshot(model) -> List[np.ndarray]:
+    """Copies of every state variable, with the learning rate unscaled."""
+    sync = sync_of(model.optimizer)
+    with sync.unscaled_learning_rate() if sync is not None else _nullcontext():
+        return [np.array(v.numpy()) for v in state_variables(model)]
+
+
+def load_arrays(model, arrays: List[np.ndarray], source: str = "the saved state", names=None) -> None:
+    """Assign :func:`snapshot` arrays back; the learning rate is then unscaled.
+
+    Raises:
+        ValueError: the arrays do not fit the model (another architecture or
+            optimizer), naming the first variable that differs.
+    """
+    variables = state_variables(model)
+    names = names or []
+    if len(arrays) != len(variables):
+        raise ValueError(
+            f"{source} holds {len(arrays)} variables but the model and optimizer have "
+            f"{len(variables)}: it was written for a different architecture or optimizer. "
+            f"Received: saved variables {names[:6]}..., model variables {[_name(v) for v in variables][:6]}..."
+        )
+    for i, (v, a) in enumerate(zip(variables, arrays)):
+        if tuple(v.shape) != tuple(a.shape):
+            raise ValueError(
+                f"{source} does not fit this model: variable {_name(v)!r} has shape {list(v.shape)} "
+                f"but the saved {names[i] if i < len(names) else i!r} has shape {list(a.shape)} "
+                "(a different architecture). Use another checkpoint_dir or the matching model."
+            )
+    for v, a in zip(variables, arrays):
+        v.assign(a)
+    sync = sync_of(model.optimizer)
+    if sync is not None:  # the restored learning rate is the unscaled one
+        sync.lr_multiplier = 1.0
+        sync.lr_base = None
 
 
 class Checkpointer:
@@ -85,11 +123,9 @@ class Checkpointer:
         """Write the state after ``epochs_done`` epochs (rank 0 only; others return)."""
         if _hvd.rank() != 0:
             return
-        sync = sync_of(model.optimizer)
-        with sync.unscaled_learning_rate() if sync is not None else _nullcontext():
-            variables = state_variables(model)
-            arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
-            names = [_name(v) for v in variables]
+        variables = state_variables(model)
+        arrays = {f"v{i}": a for i, a in enumerate(snapshot(model))}
+        names = [_name(v) for v in variables]
         data_name = f"ckpt-{epochs_done:06d}.npz"
         self._atomic_write(data_name, lambda f: np.savez(f, **arrays), binary=True)
         meta = {"format": FORMAT, "epoch": epochs_done, "size": _hvd.size(), "file": data_name, "variables": names,
@@ -118,31 +154,10 @@ class Checkpointer:
 
     def restore(self, model, meta: dict) -> None:
         """Load the checkpoint ``meta`` points to into ``model`` (every rank)."""
-        _compat.build_optimizer(model)
-        variables = state_variables(model)
         path = os.path.join(self.directory, meta["file"])
         with np.load(path) as data:
             arrays = [data[f"v{i}"] for i in range(len(data.files))]
-        names = meta.get("variables", [])
-        if len(arrays) != len(variables):
-            raise ValueError(
-                f"the checkpoint {path} holds {len(arrays)} variables but the model and optimizer have "
-                f"{len(variables)}: it was written for a different architecture or optimizer. "
-                f"Received: checkpoint variables {names[:6]}..., model variables {[_name(v) for v in variables][:6]}..."
-            )
-        for i, (v, a) in enumerate(zip(variables, arrays)):
-            if tuple(v.shape) != a.shape:
-                raise ValueError(
-                    f"the checkpoint {path} does not fit this model: variable {_name(v)!r} has shape {list(v.shape)} "
-                    f"but the checkpoint's {names[i] if i < len(names) else i!r} has shape {list(a.shape)} "
-                    "(a different architecture). Use another checkpoint_dir or the matching model."
-                )
-        for v, a in zip(variables, arrays):
-            v.assign(a)
-        sync = sync_of(model.optimizer)
-        if sync is not None:  # the restored learning rate is the unscaled one
-            sync.lr_multiplier = 1.0
-            sync.lr_base = None
+        load_arrays(model, arrays, source=f"the checkpoint {path}", names=meta.get("variables"))
         log.info("checkpoint: resumed from epoch %d (%s, written by %d rank(s))", meta["epoch"], path, meta["size"])
 
 

@@ -1,0 +1,59 @@
+"""Elastic training: a worker leaves in the middle of the job.
+
+    horovodrun --gloo -np 2 --min-np 1 --max-np 2 --host-discovery-script DISCOVER \
+        python tests/distributed/elastic_checks.py OUT_DIR HOSTS_FILE
+
+DISCOVER prints HOSTS_FILE. At the end of epoch 1, rank 0 rewrites HOSTS_FILE
+from "localhost:2" to "localhost:1": one worker must go, and training must go
+on with the other, from the last commit, to the last epoch.
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import hvdagent  # noqa: E402
+
+out_dir, hosts_file = sys.argv[1], sys.argv[2]
+os.makedirs(out_dir, exist_ok=True)
+hvdagent.init()
+rng = np.random.default_rng(3)
+x = rng.normal(size=(160, 6)).astype("float32")
+y = (x @ rng.normal(size=(6, 1))).astype("float32")
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+agent = hvdagent.DistributedAgent(model, scale_lr=True)
+agent.compile(keras.optimizers.SGD(0.01), loss="mse")
+log = os.path.join(out_dir, f"epochs-{os.getpid()}.txt")
+
+
+class Shrink(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        with open(log, "a") as f:
+            f.write(json.dumps({"epoch": epoch, "rank": hvdagent.rank(), "size": hvdagent.size(),
+                                "lr": float(np.asarray(self.model.optimizer.learning_rate))}) + "\n")
+
+    def on_epoch_end(self, epoch, logs=None):
+        import hashlib
+
+        digest = hashlib.sha256(b"".join(w.tobytes() for w in self.model.get_weights())).hexdigest()
+        with open(log, "a") as f:
+            f.write(json.dumps({"end_of_epoch": epoch, "rank": hvdagent.rank(), "digest": digest}) + "\n")
+        if epoch == 1 and hvdagent.rank() == 0 and hvdagent.size() == 2:
+            with open(hosts_file, "w") as f:
+                f.write("localhost:1\n")
+            time.sleep(6)  # the driver polls the discovery script every second
+
+
+history = agent.fit(x, y, batch_size=8, epochs=5, elastic=True, verbose=0, callbacks=[Shrink()])
+with open(os.path.join(out_dir, f"result-{os.getpid()}.json"), "w") as f:
+    json.dump({"rank": hvdagent.rank(), "size": hvdagent.size(), "epochs_logged": len(history.history["loss"]),
+               "iterations": int(model.optimizer.iterations.numpy()),
+               "weights": [w.tolist() for w in model.get_weights()]}, f)
+print(f"elastic done rank={hvdagent.rank()} size={hvdagent.size()}", flush=True)

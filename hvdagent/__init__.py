@@ -10,7 +10,7 @@ from hvdagent._hvd import HorovodUnavailableError
 from hvdagent._version import __version__
 from hvdagent.agent import DistributedAgent
 from hvdagent.data import shard_dataset
-from hvdagent.launch import launch
+from hvdagent.launch import LaunchError, LaunchTimeoutError, launch
 from hvdagent.optimizer import DistributedOptimizer
 from hvdagent.process import init, is_chief, local_rank, local_size, rank, size
 
@@ -26,5 +26,7 @@ __all__ = [
     "DistributedOptimizer",
     "shard_dataset",
     "launch",
+    "LaunchError",
+    "LaunchTimeoutError",
     "HorovodUnavailableError",
 ]

@@ -129,3 +129,38 @@ def test_save_writes_a_plain_keras_file_with_the_inner_optimizer(tmp_path):
     resumed = hvdagent.DistributedAgent.load(path)
     resumed.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert int(resumed.model.optimizer.iterations.numpy()) == 2 * 4
+
+
+def test_checkpoint_dir_resumes_in_one_process_and_rejects_bad_input(tmp_path):
+    x, y = _data()
+    agent = hvdagent.DistributedAgent(_model(3))
+    agent.compile(keras.optimizers.Adam(1e-2), loss="mse")
+    ckpt = tmp_path / "ckpt"
+    h1 = agent.fit(x, y, batch_size=16, epochs=2, checkpoint_dir=ckpt, verbose=0)
+    assert len(h1.history["loss"]) == 2
+    assert sorted(p.name for p in ckpt.iterdir()) == ["ckpt-000002.npz", "latest.json"]  # no temporary files left
+    again = hvdagent.DistributedAgent(_model(4))  # other initial weights: the checkpoint wins
+    again.compile(keras.optimizers.Adam(1e-2), loss="mse")
+    h2 = again.fit(x, y, batch_size=16, epochs=3, checkpoint_dir=ckpt, verbose=0)
+    assert len(h2.history["loss"]) == 1  # only epoch 2 runs: completed epochs are not repeated
+    assert int(again.model.optimizer.iterations.numpy()) == 3 * 4
+
+    file_not_dir = tmp_path / "file"
+    file_not_dir.write_text("x")
+    with pytest.raises(ValueError, match="checkpoint_dir is not writable by rank 0.*Received: checkpoint_dir="):
+        again.fit(x, y, batch_size=16, epochs=1, checkpoint_dir=file_not_dir / "sub", verbose=0)
+    with pytest.raises(TypeError, match="checkpoint_dir must be a path"):
+        again.fit(x, y, batch_size=16, epochs=1, checkpoint_dir=3, verbose=0)
+
+    keras.utils.set_random_seed(0)
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(9, activation="relu"), keras.layers.Dense(2)])
+    other_agent = hvdagent.DistributedAgent(other)
+    other_agent.compile(keras.optimizers.Adam(1e-2), loss="mse")
+    with pytest.raises(ValueError, match=r"does not fit this model: variable 'sequential_\d+/dense_\d+/kernel' has shape \[4, 9\]"):
+        other_agent.fit(x, y, batch_size=16, epochs=5, checkpoint_dir=ckpt, verbose=0)
+
+
+def test_stall_timeout_is_validated():
+    with pytest.raises(ValueError, match="stall_timeout must be a number of seconds > 0, or None.*Received: stall_timeout=0"):
+        hvdagent.DistributedAgent(_model(), stall_timeout=0)
+    assert hvdagent.DistributedAgent(_model(), stall_timeout=None).stall_timeout is None

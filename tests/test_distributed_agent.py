@@ -62,6 +62,16 @@ def test_uneven_data_never_hangs_and_replicas_agree(run):
         assert r0[name + "_updates"] == r1[name + "_updates"] == updates
 
 
+def test_more_ranks_than_samples_works_and_no_data_at_all_is_an_error(run):
+    _, _, (r0, r1), _ = run
+    assert r0["one_sample_digest"] == r1["one_sample_digest"]
+    assert r0["one_sample_updates"] == r1["one_sample_updates"] == 2
+    for r in (r0, r1):
+        assert r["one_sample_eval"] == pytest.approx(r0["one_sample_eval_single"], abs=1e-6)
+        assert r["no_data_anywhere"]["raised"] == "ValueError", r["no_data_anywhere"]
+        assert "no rank has any data" in r["no_data_anywhere"]["message"]
+
+
 def test_bad_input_raises_the_documented_error_on_every_rank(run):
     _, _, results, _ = run
     for r in results:

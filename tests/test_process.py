@@ -34,7 +34,8 @@ def test_collectives_are_identity_with_one_process():
 def test_public_api_is_small_and_explicit():
     assert sorted(hvdagent.__all__) == sorted([
         "__version__", "init", "rank", "size", "local_rank", "local_size", "is_chief",
-        "DistributedAgent", "DistributedOptimizer", "shard_dataset", "launch", "HorovodUnavailableError",
+        "DistributedAgent", "DistributedOptimizer", "shard_dataset", "launch", "LaunchError", "LaunchTimeoutError",
+        "HorovodUnavailableError",
     ])
     for name in hvdagent.__all__:
         assert getattr(hvdagent, name) is not None

@@ -109,6 +109,18 @@ for name, counts in (("uneven_2v1", (16, 8)), ("uneven_1v0", (8, 0))):
     checks.record(name + "_digest", weights_digest(model))
     checks.record(name + "_updates", int(model.optimizer.iterations.numpy()))
 
+# More ranks than samples: one sample, two ranks (the documented policy: rank 1
+# runs empty steps and contributes nothing; nothing hangs, replicas agree).
+model = mlp(seed=4)
+agent = hvdagent.DistributedAgent(model, scale_lr=False)
+agent.compile(keras.optimizers.SGD(0.1), loss="mse")
+agent.fit(x[:1], y_reg[:1], batch_size=4, epochs=2, verbose=0)
+checks.record("one_sample_digest", weights_digest(model))
+checks.record("one_sample_updates", int(model.optimizer.iterations.numpy()))
+checks.record("one_sample_eval", agent.evaluate(x[:1], y_reg[:1], batch_size=4, return_dict=True, verbose=0)["loss"])
+checks.record("one_sample_eval_single", model.evaluate(x[:1], y_reg[:1], return_dict=True, verbose=0)["loss"])
+checks.expect_error("no_data_anywhere", ValueError, agent.fit, x[:0], y_reg[:0], batch_size=4, epochs=1, verbose=0)
+
 # 7. Bad input raises on every rank instead of hanging.
 bad = mlp(seed=1, hidden=16 if rank == 0 else 17)
 agent = hvdagent.DistributedAgent(bad, scale_lr=False)

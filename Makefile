@@ -3,6 +3,7 @@
 #   make demo          the main job on one process
 #   make demo NP=2     the same job on 2 processes (horovodrun --gloo -np 2)
 #   make test          the whole test suite (what CI runs)
+#   make bench         the benchmark of docs/benchmarks.md (~10 minutes)
 PY := .venv/bin/python
 NP ?= 1
 
@@ -23,3 +24,6 @@ test: setup
 
 doctor: setup
 	$(PY) -m hvdagent doctor
+
+bench: setup
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --env HOROVOD_CYCLE_TIME=0.1

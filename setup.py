@@ -41,7 +41,7 @@ setup(
     extras_require={
         "tf": ["tensorflow>=2.16", "keras>=3.0"],
         "keras2": ["tf-keras"],
-        "test": ["pytest>=7", "pytest-timeout", "scikit-learn", "h5py", "tensorboard"],
+        "test": ["pytest>=7", "pytest-timeout", "scikit-learn", "h5py", "tensorboard", "matplotlib", "psutil"],
         "notebooks": ["nbclient", "nbformat", "ipykernel", "matplotlib", "scikit-learn"],
     },
     entry_points={"console_scripts": ["hvdagent=hvdagent.__main__:main"]},

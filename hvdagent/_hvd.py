@@ -112,6 +112,10 @@ def init() -> None:
         # stalled and the job ends (Horovod's default only warns, forever).
         os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", "30")
         os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "60")
+        # Horovod's background loop sleeps this long (ms) between negotiation
+        # cycles; 5 ms by default. 0.1 ms halved small-allreduce latency and
+        # gave +16% training throughput on the benchmark (docs/benchmarks.md).
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", "0.1")
         if not is_launched():
             # A Horovod built with MPI would otherwise try MPI_Init as a
             # singleton; a lone Gloo context is cheaper and needs nothing.

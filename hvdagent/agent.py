@@ -210,6 +210,7 @@ class DistributedAgent:
         seed: int = 0,
         checkpoint_dir: Any = None,
         elastic: bool = False,
+        profile: bool = False,
         **kwargs,
     ):
         """Train like ``keras.Model.fit``, synchronously on every rank.
@@ -225,6 +226,10 @@ class DistributedAgent:
             elastic: keep training when workers leave or join under
                 ``horovodrun --min-np/--max-np`` (default False). See
                 :mod:`hvdagent.elastic`.
+            profile: print, per epoch on rank 0, the time spent computing vs
+                in gradient sync, and add ``compute_time``, ``sync_time`` and
+                ``sync_fraction`` to the logs (default False). See
+                :class:`hvdagent.profiler.SyncProfiler`.
 
         Returns:
             The ``History``; its values are the exact global metrics, the
@@ -243,8 +248,12 @@ class DistributedAgent:
 
             return elastic_module.fit(self, epochs, callbacks, dict(
                 x=x, y=y, batch_size=batch_size, verbose=verbose, validation_data=validation_data,
-                shuffle=shuffle, shard=shard, seed=seed, checkpoint_dir=checkpoint_dir, **kwargs))
+                shuffle=shuffle, shard=shard, seed=seed, checkpoint_dir=checkpoint_dir, profile=profile, **kwargs))
         user_callbacks = list(callbacks or [])
+        if profile:
+            from hvdagent.profiler import SyncProfiler
+
+            user_callbacks.insert(0, SyncProfiler())
         ckpt, meta = None, None
         if checkpoint_dir is not None:
             from hvdagent.checkpoint import Checkpointer
@@ -257,7 +266,8 @@ class DistributedAgent:
         if self.size == 1 and ckpt is None:
             _lr.unscale(self.model.optimizer)
             return self.model.fit(
-                x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=user_callbacks,
+                x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                callbacks=[_as_model_cb(c, self.model) for c in user_callbacks],
                 validation_data=validation_data, shuffle=shuffle, **kwargs,
             )
         if batch_size is not None and kwargs.get("steps_per_epoch") is None and isinstance(x, _tf().data.Dataset):

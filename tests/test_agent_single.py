@@ -164,3 +164,14 @@ def test_stall_timeout_is_validated():
     with pytest.raises(ValueError, match="stall_timeout must be a number of seconds > 0, or None.*Received: stall_timeout=0"):
         hvdagent.DistributedAgent(_model(), stall_timeout=0)
     assert hvdagent.DistributedAgent(_model(), stall_timeout=None).stall_timeout is None
+
+
+def test_fit_profile_adds_compute_and_sync_times_to_the_logs():
+    x, y = _data()
+    agent = hvdagent.DistributedAgent(_model())
+    agent.compile(keras.optimizers.SGD(0.01), loss="mse")
+    history = agent.fit(x, y, batch_size=16, epochs=2, verbose=0, profile=True)
+    for key in ("compute_time", "sync_time", "sync_fraction"):
+        assert len(history.history[key]) == 2
+    assert history.history["sync_time"] == [0.0, 0.0]  # one process: nothing to reduce
+    assert all(t > 0 for t in history.history["compute_time"])

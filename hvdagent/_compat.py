@@ -7,6 +7,7 @@ never off a global flag, so a process may hold models of both kinds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from typing import Any, Iterator, Optional
 
@@ -187,3 +188,47 @@ def backup_callback_class(gen: int):
 
 def progbar_class(gen: int):
     return keras_module(gen).callbacks.ProgbarLogger
+
+
+_HOOKS = (
+    "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+    "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
+    "on_test_batch_begin", "on_test_batch_end", "on_predict_begin", "on_predict_end",
+    "on_predict_batch_begin", "on_predict_batch_end",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_keras_forwarder():
+    tf_keras = _tf_keras()
+
+    class Forward(tf_keras.callbacks.Callback):
+        """Runs a Keras 3-style hvdagent callback inside tf_keras' ``fit``."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def set_model(self, model):
+            super().set_model(model)
+            self.inner._model = model
+
+        def set_params(self, params):
+            super().set_params(params)
+            self.inner.set_params(params)
+
+        def _implements_train_batch_hooks(self):
+            return callback_overrides(self.inner, "on_train_batch_end") or callback_overrides(
+                self.inner, "on_train_batch_begin"
+            )
+
+    for hook in _HOOKS:
+        setattr(Forward, hook, (lambda name: lambda self, *a, **k: getattr(self.inner, name)(*a, **k))(hook))
+    return Forward
+
+
+def callback_for_model(callback, model):
+    """hvdagent's callbacks are Keras 3 callbacks; a tf_keras ``fit`` gets a forwarder."""
+    if generation(model) == KERAS2:
+        return _tf_keras_forwarder()(callback)
+    return callback

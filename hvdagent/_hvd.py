@@ -93,9 +93,19 @@ def _unavailable(err: BaseException) -> HorovodUnavailableError:
     )
 
 
-def module():
-    """Return the imported ``horovod.tensorflow`` module (for the doctor)."""
-    return _module()
+def probe():
+    """For the doctor: ``(horovod version or None, horovod.tensorflow or None, error or None)``.
+
+    Never raises: a missing or broken Horovod is what the doctor reports.
+    """
+    try:
+        import horovod
+    except ImportError as err:
+        return None, None, err
+    try:
+        return horovod.__version__, _module(), None
+    except HorovodUnavailableError as err:
+        return horovod.__version__, None, err.__cause__ or _IMPORT_ERROR or err
 
 
 def init() -> None:

@@ -36,16 +36,15 @@ def _active_keras() -> str:
 
 def _horovod_report() -> Tuple[List[str], List[str]]:
     """Return (lines, problems)."""
+    from hvdagent import _hvd
+
     lines, problems = [], []
-    try:
-        import horovod
-    except ImportError:
+    version, hvd, err = _hvd.probe()
+    if version is None:
         return ["horovod: not installed"], [f"Horovod is not installed. {REBUILD_HINT}"]
-    lines.append(f"horovod: {horovod.__version__}")
-    try:
-        import horovod.tensorflow as hvd
-    except Exception as err:  # noqa: BLE001 (NotFoundError/OSError on ABI breaks)
-        text = str(err).splitlines()[0][:300]
+    lines.append(f"horovod: {version}")
+    if hvd is None:  # NotFoundError/OSError/ImportError on ABI breaks
+        text = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         if "undefined symbol" in text or "mpi_lib" in text or "NotFoundError" in type(err).__name__:
             problems.append(
                 f"Horovod's TensorFlow library does not load against TensorFlow {_version('tensorflow')} "

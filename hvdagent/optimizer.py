@@ -57,7 +57,7 @@ def DistributedOptimizer(  # noqa: N802 (a constructor-like factory, as in Horov
         >>> hvdagent.DistributedOptimizer(opt)
         Traceback (most recent call last):
         ...
-        ValueError: optimizer is already an hvdagent.DistributedOptimizer; wrap the inner optimizer once. Received: optimizer=<Keras3DistributedOptimizer name=distributed_SGD>
+        ValueError: optimizer is already an hvdagent.DistributedOptimizer; wrap the inner optimizer once. Received: optimizer=<Keras3DistributedOptimizer name=...>
     """
     if sync_of(optimizer) is not None:
         raise ValueError(

@@ -1,6 +1,6 @@
 """Elastic training under `horovodrun --min-np 1 --max-np 2 --host-discovery-script`:
-a worker leaves after epoch 1; the other finishes the job from the last commit,
-with the data re-sharded and the learning rate rescaled for one worker."""
+after epoch 1 a worker leaves (or joins); training goes on from the last commit,
+with the data re-sharded and the learning rate rescaled for the new size."""
 
 import json
 import os
@@ -13,33 +13,51 @@ import pytest
 from conftest import DIST, ROOT, horovodrun_cmd
 
 
-@pytest.mark.timeout(400)
-def test_losing_a_worker_keeps_training_with_consistent_state(tmp_path):
+def _run_elastic(tmp_path, mode, start_slots):
     hosts = tmp_path / "hosts"
-    hosts.write_text("localhost:2\n")
+    hosts.write_text(f"localhost:{start_slots}\n")
     discover = tmp_path / "discover.sh"
     discover.write_text(f"#!/bin/sh\ncat {hosts}\n")
     discover.chmod(discover.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "out"
-    cmd = horovodrun_cmd(2) + ["--min-np", "1", "--max-np", "2", "--network-interface", "lo",
-                               "--host-discovery-script", str(discover),
-                               sys.executable, str(DIST / "elastic_checks.py"), str(out), str(hosts)]
+    cmd = horovodrun_cmd(start_slots) + ["--min-np", "1", "--max-np", "2", "--network-interface", "lo",
+                                         "--host-discovery-script", str(discover),
+                                         sys.executable, str(DIST / "elastic_checks.py"), str(out), str(hosts), mode]
     env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=360, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-
     events = [json.loads(line) for p in out.glob("epochs-*.txt") for line in p.read_text().splitlines()]
     begins = sorted((e["epoch"], e["size"], e["lr"]) for e in events if "epoch" in e)
-    # Epochs 0-1 on 2 workers at 2x the rate; epochs 2-4 on the remaining one at 1x; none repeated.
-    assert [(ep, size) for ep, size, _ in begins] == [(0, 2), (0, 2), (1, 2), (1, 2), (2, 1), (3, 1), (4, 1)]
-    assert all(lr == pytest.approx(0.02) for _, size, lr in begins if size == 2)
-    assert all(lr == pytest.approx(0.01) for _, size, lr in begins if size == 1)
-    ends = {}
+    digests = {}
     for e in events:
         if "end_of_epoch" in e:
-            ends.setdefault(e["end_of_epoch"], set()).add(e["digest"])
-    assert len(ends[0]) == len(ends[1]) == 1  # both workers held identical weights while both ran
+            digests.setdefault(e["end_of_epoch"], set()).add(e["digest"])
+    results = [json.loads(p.read_text()) for p in out.glob("result-*.json")]
+    return begins, digests, results
 
-    (result,) = [json.loads(p.read_text()) for p in out.glob("result-*.json")]
+
+def _check_rates(begins):
+    assert all(lr == pytest.approx(0.01 * size) for _, size, lr in begins)  # 0.01 per worker
+
+
+@pytest.mark.timeout(400)
+def test_losing_a_worker_keeps_training_with_consistent_state(tmp_path):
+    begins, digests, results = _run_elastic(tmp_path, "shrink", 2)
+    # Epochs 0-1 on 2 workers; epochs 2-4 on the remaining one; none repeated.
+    assert [(ep, size) for ep, size, _ in begins] == [(0, 2), (0, 2), (1, 2), (1, 2), (2, 1), (3, 1), (4, 1)]
+    _check_rates(begins)
+    assert len(digests[0]) == len(digests[1]) == 1  # both workers identical while both ran
+    (result,) = results
     assert result["size"] == 1 and result["epochs_logged"] == 5
     assert result["iterations"] == 2 * (160 // 16) + 3 * (160 // 8)  # re-sharded for one worker
+
+
+@pytest.mark.timeout(400)
+def test_a_joining_worker_gets_the_committed_state_and_the_data_is_resharded(tmp_path):
+    begins, digests, results = _run_elastic(tmp_path, "grow", 1)
+    assert [(ep, size) for ep, size, _ in begins] == [(0, 1), (1, 1), (2, 2), (2, 2), (3, 2), (3, 2), (4, 2), (4, 2)]
+    _check_rates(begins)
+    for epoch in (2, 3, 4):
+        assert len(digests[epoch]) == 1  # the new worker holds exactly the old one's weights
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert {r["iterations"] for r in results} == {2 * (160 // 8) + 3 * (160 // 16)}

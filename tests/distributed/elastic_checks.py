@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import hvdagent  # noqa: E402
 
 out_dir, hosts_file = sys.argv[1], sys.argv[2]
+mode = sys.argv[3] if len(sys.argv) > 3 else "shrink"  # or "grow": 1 worker, then 2
 os.makedirs(out_dir, exist_ok=True)
 hvdagent.init()
 rng = np.random.default_rng(3)
@@ -45,9 +46,10 @@ class Shrink(keras.callbacks.Callback):
         digest = hashlib.sha256(b"".join(w.tobytes() for w in self.model.get_weights())).hexdigest()
         with open(log, "a") as f:
             f.write(json.dumps({"end_of_epoch": epoch, "rank": hvdagent.rank(), "digest": digest}) + "\n")
-        if epoch == 1 and hvdagent.rank() == 0 and hvdagent.size() == 2:
+        start_size, new_hosts = (2, "localhost:1\n") if mode == "shrink" else (1, "localhost:2\n")
+        if epoch == 1 and hvdagent.rank() == 0 and hvdagent.size() == start_size:
             with open(hosts_file, "w") as f:
-                f.write("localhost:1\n")
+                f.write(new_hosts)
             time.sleep(6)  # the driver polls the discovery script every second
 
 

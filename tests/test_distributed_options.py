@@ -67,3 +67,27 @@ def test_one_progress_bar_and_files_written_by_rank_zero_only(run):
     assert events, "TensorBoard wrote nothing"
     writer_pids = {int(p.name.split(".")[-3]) for p in events}
     assert writer_pids == {r0["pid"]}  # every event file comes from rank 0's process
+
+
+def test_shard_dataset_splits_disjointly_with_equal_steps(run):
+    _, (r0, r1), _ = run
+    for n, steps in ((10, 3), (7, 2), (5, 2)):
+        assert r0[f"shard_{n}_steps"] == r1[f"shard_{n}_steps"] == steps  # equal, so nothing hangs
+        for epoch in range(2):
+            a, b = r0[f"shard_{n}_elements"][epoch], r1[f"shard_{n}_elements"][epoch]
+            assert not set(a) & set(b)  # no sample seen by two ranks in an epoch
+            assert sorted(a + b) == list(range(n))  # and none dropped
+        assert r0[f"shard_{n}_elements"][0] != r0[f"shard_{n}_elements"][1] or n == 5  # reshuffled per epoch
+    assert sorted(r0["shard_files"] + r1["shard_files"]) == [f"part-{i}.tfrecord" for i in range(5)]
+    assert not set(r0["shard_files"]) & set(r1["shard_files"])
+    assert r0["shard_fit_digest"] == r1["shard_fit_digest"]
+    assert r0["shard_fit_updates"] == 2 * 7  # 50 samples per rank / 8 = 7 steps, 2 epochs
+    assert r0["batched_fit_digest"] == r1["batched_fit_digest"]
+    assert r0["batched_fit_updates"] == r1["batched_fit_updates"] == 7  # 13 batches, split by batches: 7 and 6 + 1 empty
+
+
+def test_horovod_style_recipe_with_the_public_building_blocks(run):
+    _, (r0, r1), _ = run
+    assert r0["recipe_digest"] == r1["recipe_digest"]  # broadcast fixed the different starts
+    assert r0["recipe_history"] == r1["recipe_history"]  # averaged logs, identical on both ranks
+    assert r0["recipe_lr"] == pytest.approx(0.02)  # warmed up to 2 x 0.01

@@ -1,21 +1,37 @@
-"""``Commit``: commit the elastic state at the end of every epoch."""
+"""``Commit``: commit the elastic state at epoch ends (and every N batches)."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 from ._base import Callback
 
 
 class Commit(Callback):
-    """Records the completed epoch, commits (snapshot + host-change check,
-    which raises Horovod's ``HostsUpdatedInterrupt`` on every rank when the
-    set of workers changes). Runs after every other callback."""
+    """Records progress and commits (snapshot + host-change check, which
+    raises Horovod's ``HostsUpdatedInterrupt`` on every rank when the set of
+    workers changes). Runs after every other callback.
 
-    def __init__(self, state, run):
+    Args:
+        state: the Horovod elastic state (see :func:`hvdagent._hvd.make_elastic_state`).
+        run: the :class:`hvdagent.elastic.ElasticRun` holding the position.
+        batches_per_commit: also commit every this many batches (None: only at epoch ends).
+        samples_per_batch: global samples per step, to record the position.
+        offset: samples of the first epoch already done before this ``fit``.
+    """
+
+    def __init__(self, state, run, batches_per_commit: Optional[int] = None, samples_per_batch: int = 0, offset: int = 0):
         super().__init__()
         self.state, self.run = state, run
+        self.every, self.per_batch, self.offset = batches_per_commit, samples_per_batch, offset
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every and (batch + 1) % self.every == 0:
+            self.run.samples = self.offset + (batch + 1) * self.per_batch
+            self.state.commit()
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.run.history.setdefault(key, []).append(value)
-        self.run.epoch = epoch + 1
+        self.run.epoch, self.run.samples, self.offset = epoch + 1, 0, 0
         self.state.commit()

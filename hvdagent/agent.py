@@ -171,7 +171,7 @@ class DistributedAgent:
             )
 
     # --- data ---------------------------------------------------------------------
-    def _prepare(self, x, y, sample_weight, batch_size, shuffle, seed, shard, for_training, first_epoch=0):
+    def _prepare(self, x, y, sample_weight, batch_size, shuffle, seed, shard, for_training, first_epoch=0, skip=0):
         """Return (dataset or x, steps) for this rank."""
         import tensorflow as tf
 
@@ -193,7 +193,8 @@ class DistributedAgent:
         arrays = tuple(a for a in (x, y, sample_weight) if a is not None)
         if not shard:
             return _local_arrays(arrays, batch_size, shuffle and for_training, seed)
-        return data.array_dataset(arrays, batch_size, shuffle=shuffle and for_training, seed=seed, first_epoch=first_epoch)
+        return data.array_dataset(arrays, batch_size, shuffle=shuffle and for_training, seed=seed,
+                                  first_epoch=first_epoch, skip=skip)
 
     # --- the Keras API ----------------------------------------------------------------
     def fit(
@@ -210,6 +211,7 @@ class DistributedAgent:
         seed: int = 0,
         checkpoint_dir: Any = None,
         elastic: bool = False,
+        batches_per_commit: Optional[int] = None,
         profile: bool = False,
         **kwargs,
     ):
@@ -226,6 +228,10 @@ class DistributedAgent:
             elastic: keep training when workers leave or join under
                 ``horovodrun --min-np/--max-np`` (default False). See
                 :mod:`hvdagent.elastic`.
+            batches_per_commit: with ``elastic``, also commit every this many
+                batches (default None: at epoch ends only); after a change of
+                workers, numpy input resumes inside the epoch, at the first
+                sample not yet trained on.
             profile: print, per epoch on rank 0, the time spent computing vs
                 in gradient sync, and add ``compute_time``, ``sync_time`` and
                 ``sync_fraction`` to the logs (default False). See
@@ -246,9 +252,10 @@ class DistributedAgent:
         if elastic:
             from hvdagent import elastic as elastic_module
 
-            return elastic_module.fit(self, epochs, callbacks, dict(
+            return elastic_module.fit(self, epochs, callbacks, batches_per_commit, dict(
                 x=x, y=y, batch_size=batch_size, verbose=verbose, validation_data=validation_data,
                 shuffle=shuffle, shard=shard, seed=seed, checkpoint_dir=checkpoint_dir, profile=profile, **kwargs))
+        skip = int(kwargs.pop("_hvdagent_skip_samples", 0))  # elastic: the done part of an epoch
         user_callbacks = list(callbacks or [])
         if profile:
             from hvdagent.profiler import SyncProfiler
@@ -263,7 +270,7 @@ class DistributedAgent:
             meta = ckpt.latest()
             if meta is not None:
                 kwargs["initial_epoch"] = max(int(kwargs.get("initial_epoch", 0)), int(meta["epoch"]))
-        if self.size == 1 and ckpt is None:
+        if self.size == 1 and ckpt is None and skip == 0:
             _lr.unscale(self.model.optimizer)
             return self.model.fit(
                 x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
@@ -277,7 +284,8 @@ class DistributedAgent:
             )
         sample_weight = kwargs.pop("sample_weight", None)
         first_epoch = int(kwargs.get("initial_epoch", 0))
-        ds = self._prepare(x, y, sample_weight, batch_size, shuffle, seed, shard, for_training=True, first_epoch=first_epoch)
+        ds = self._prepare(x, y, sample_weight, batch_size, shuffle, seed, shard, for_training=True,
+                           first_epoch=first_epoch, skip=skip)
         steps = getattr(ds, data._STEPS_ATTR, None) or kwargs.get("steps_per_epoch") or 1
         val = None
         if validation_data is not None:

@@ -187,12 +187,14 @@ def num_samples(arrays) -> int:
 
 
 def array_dataset(arrays, batch_size: int, shuffle: bool = False, seed: int = 0, drop_remainder: bool = False,
-                  first_epoch: int = 0):
+                  first_epoch: int = 0, skip: int = 0):
     """A per-rank dataset over numpy arrays (x, y, sample_weight structure).
 
     The shuffle order of epoch ``e`` depends only on ``seed`` and ``e``
     (``first_epoch`` is the epoch its first iteration is), so a resumed run
-    sees the same batches as an uninterrupted one.
+    sees the same batches as an uninterrupted one. ``skip`` leaves out the
+    first ``skip`` positions of every epoch's order (elastic training resumes
+    a partly done epoch with it, for one epoch).
     """
     tf = _tf()
     _validate_batch_size(batch_size)
@@ -209,7 +211,9 @@ def array_dataset(arrays, batch_size: int, shuffle: bool = False, seed: int = 0,
         ).unbatch()
     else:
         idx = tf.data.Dataset.range(n)
-    idx = idx.take(n_used).shard(size, rank).batch(batch_size)
+    skip = min(max(int(skip), 0), n_used)
+    n_used -= skip
+    idx = idx.skip(skip).take(n_used).shard(size, rank).batch(batch_size)
     tensors = tf.nest.map_structure(lambda a: None if a is None else tf.convert_to_tensor(a), arrays)
     ds = idx.map(
         lambda i: tf.nest.map_structure(lambda t: None if t is None else tf.gather(t, i), tensors),

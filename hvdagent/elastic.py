@@ -3,8 +3,9 @@
 ``agent.fit(..., elastic=True)`` under ``horovodrun --min-np 1 --max-np 4
 --host-discovery-script ./hosts.sh python train.py``:
 
-* the training state (model weights, optimizer state, the number of completed
-  epochs) is *committed* in memory at the end of every epoch;
+* the training state (model weights, optimizer state, the epoch, and the
+  samples of it already trained on) is *committed* in memory at the end of
+  every epoch, and every ``batches_per_commit`` batches if given;
 * when a worker fails, the others restore the last commit; when the host list
   changes, every worker stops at the next commit; then Horovod re-forms the
   job with the new workers, rank 0's committed state is broadcast to all
@@ -12,8 +13,11 @@
   ranks, the learning rate is rescaled for it, and training continues with
   the next epoch.
 
-Work since the last commit (part of an epoch) is redone. The state, like a
-checkpoint, holds the *unscaled* learning rate.
+Work since the last commit is redone. With numpy input, a commit inside an
+epoch resumes that epoch at the first sample not yet trained on (the epoch's
+shuffle order is the same on any number of ranks), re-split over the new
+ranks; with a ``tf.data`` input the interrupted epoch starts again. The state,
+like a checkpoint, holds the *unscaled* learning rate.
 """
 
 from __future__ import annotations
@@ -33,45 +37,59 @@ class ElasticRun:
     def __init__(self, model, first_epoch: int = 0):
         self.model = model
         self.epoch = first_epoch
+        self.samples = 0  # samples of `epoch` already trained on
         self._saved: Optional[List[Any]] = None
-        self._saved_epoch = first_epoch
+        self._saved_pos = (first_epoch, 0)
         self.history: dict = {}
 
     def save(self) -> None:
         self._saved = snapshot(self.model)
-        self._saved_epoch = self.epoch
+        self._saved_pos = (self.epoch, self.samples)
 
     def restore(self) -> None:
         if self._saved is not None:
             load_arrays(self.model, self._saved)
-            self.epoch = self._saved_epoch
-            log.info("elastic: restored the commit of epoch %d", self.epoch)
+            self.epoch, self.samples = self._saved_pos
+            log.info("elastic: restored the commit of epoch %d (%d samples in)", self.epoch, self.samples)
 
     def sync(self) -> None:
         """Give every worker (new ones too) rank 0's last committed state."""
         if _hvd.rank() == 0 and self._saved is None:
             self.save()
-        saved, epoch = _hvd.broadcast_object((self._saved, self._saved_epoch), name="hvdagent_elastic_sync")
+        saved, pos = _hvd.broadcast_object((self._saved, self._saved_pos), name="hvdagent_elastic_sync")
         if saved is not None:
             load_arrays(self.model, saved)
-        self._saved, self._saved_epoch, self.epoch = saved, epoch, epoch
+        self._saved, self._saved_pos = saved, pos
+        self.epoch, self.samples = pos
         log.info("elastic: %d worker(s), continuing at epoch %d", _hvd.size(), self.epoch)
 
     def reset(self) -> None:
         pass
 
 
-def fit(agent, epochs: int, callbacks: Optional[list], fit_kwargs: dict):
+def fit(agent, epochs: int, callbacks: Optional[list], batches_per_commit: Optional[int], fit_kwargs: dict):
     """Run ``agent.fit`` in Horovod's elastic loop (see the module docstring)."""
     from hvdagent.callbacks._commit import Commit
 
+    if batches_per_commit is not None and (
+        isinstance(batches_per_commit, bool) or not isinstance(batches_per_commit, int) or batches_per_commit < 1
+    ):
+        raise ValueError(f"batches_per_commit must be a positive integer or None. Received: batches_per_commit={batches_per_commit!r}")
     run = ElasticRun(agent.model, first_epoch=int(fit_kwargs.pop("initial_epoch", 0)))
     state = _hvd.make_elastic_state(run)
+    batch_size = fit_kwargs.get("batch_size") or 32
+    numpy_input = fit_kwargs.get("x") is not None and not hasattr(fit_kwargs.get("x"), "element_spec")
+
+    def one_fit(until_epoch, skip):
+        commit = Commit(state, run, batches_per_commit, samples_per_batch=batch_size * _hvd.size(), offset=skip)
+        return agent.fit(epochs=until_epoch, callbacks=list(callbacks or []) + [commit], initial_epoch=run.epoch,
+                         elastic=False, _hvdagent_skip_samples=skip, **fit_kwargs)
 
     def train(state):
-        history = agent.fit(epochs=epochs, callbacks=list(callbacks or []) + [Commit(state, run)],
-                            initial_epoch=run.epoch, elastic=False, **fit_kwargs)
-        history.history = run.history  # every epoch of every attempt, as committed
+        if run.samples and numpy_input and run.epoch < epochs:
+            one_fit(run.epoch + 1, run.samples)  # the rest of the interrupted epoch
+        history = one_fit(epochs, 0)
+        history.history = run.history  # every epoch, as committed
         return history
 
     return _hvd.elastic_run(train)(state)

@@ -61,3 +61,16 @@ def test_a_joining_worker_gets_the_committed_state_and_the_data_is_resharded(tmp
         assert len(digests[epoch]) == 1  # the new worker holds exactly the old one's weights
     assert sorted(r["rank"] for r in results) == [0, 1]
     assert {r["iterations"] for r in results} == {2 * (160 // 8) + 3 * (160 // 16)}
+
+
+@pytest.mark.timeout(400)
+def test_a_worker_leaving_mid_epoch_resumes_at_the_last_batch_commit(tmp_path):
+    begins, _, results = _run_elastic(tmp_path, "shrink_mid", 2)
+    # Epoch 1 starts on 2 workers, is interrupted after batch 6 (a commit every 2 batches),
+    # and is finished by the remaining worker; then epochs 2-4 on 1 worker.
+    assert [(ep, size) for ep, size, _ in begins] == [(0, 2), (0, 2), (1, 1), (1, 2), (1, 2), (2, 1), (3, 1), (4, 1)]
+    _check_rates(begins)
+    (result,) = results
+    assert result["epochs_logged"] == 5
+    # 10 steps of 16 in epoch 0; 6 of 16, then the other 64 samples as 8 steps of 8; 3 x 20 steps of 8.
+    assert result["iterations"] == 10 + 6 + 64 // 8 + 3 * 20

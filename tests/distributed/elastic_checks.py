@@ -21,7 +21,9 @@ import numpy as np  # noqa: E402
 import hvdagent  # noqa: E402
 
 out_dir, hosts_file = sys.argv[1], sys.argv[2]
-mode = sys.argv[3] if len(sys.argv) > 3 else "shrink"  # or "grow": 1 worker, then 2
+# "shrink": 2 workers, then 1 after epoch 1; "grow": 1, then 2; "shrink_mid":
+# 2, then 1 in the middle of epoch 1 (commits every 2 batches).
+mode = sys.argv[3] if len(sys.argv) > 3 else "shrink"
 os.makedirs(out_dir, exist_ok=True)
 hvdagent.init()
 rng = np.random.default_rng(3)
@@ -36,9 +38,16 @@ log = os.path.join(out_dir, f"epochs-{os.getpid()}.txt")
 
 class Shrink(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
         with open(log, "a") as f:
             f.write(json.dumps({"epoch": epoch, "rank": hvdagent.rank(), "size": hvdagent.size(),
                                 "lr": float(np.asarray(self.model.optimizer.learning_rate))}) + "\n")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if mode == "shrink_mid" and self.epoch == 1 and batch == 5 and hvdagent.rank() == 0 and hvdagent.size() == 2:
+            with open(hosts_file, "w") as f:
+                f.write("localhost:1\n")
+            time.sleep(6)
 
     def on_epoch_end(self, epoch, logs=None):
         import hashlib
@@ -47,13 +56,14 @@ class Shrink(keras.callbacks.Callback):
         with open(log, "a") as f:
             f.write(json.dumps({"end_of_epoch": epoch, "rank": hvdagent.rank(), "digest": digest}) + "\n")
         start_size, new_hosts = (2, "localhost:1\n") if mode == "shrink" else (1, "localhost:2\n")
-        if epoch == 1 and hvdagent.rank() == 0 and hvdagent.size() == start_size:
+        if mode != "shrink_mid" and epoch == 1 and hvdagent.rank() == 0 and hvdagent.size() == start_size:
             with open(hosts_file, "w") as f:
                 f.write(new_hosts)
             time.sleep(6)  # the driver polls the discovery script every second
 
 
-history = agent.fit(x, y, batch_size=8, epochs=5, elastic=True, verbose=0, callbacks=[Shrink()])
+history = agent.fit(x, y, batch_size=8, epochs=5, elastic=True, verbose=0, callbacks=[Shrink()],
+                    batches_per_commit=2 if mode == "shrink_mid" else None)
 with open(os.path.join(out_dir, f"result-{os.getpid()}.json"), "w") as f:
     json.dump({"rank": hvdagent.rank(), "size": hvdagent.size(), "epochs_logged": len(history.history["loss"]),
                "iterations": int(model.optimizer.iterations.numpy()),

@@ -172,7 +172,7 @@ class DistributedAgent:
 
     # --- data ---------------------------------------------------------------------
     def _prepare(self, x, y, sample_weight, batch_size, shuffle, seed, shard, for_training, first_epoch=0, skip=0):
-        """Return (dataset or x, steps) for this rank."""
+        """This rank's training or evaluation dataset (a ``tf.data.Dataset``)."""
         import tensorflow as tf
 
         if isinstance(x, tf.data.Dataset):

@@ -171,6 +171,19 @@ def plain_optimizer(model) -> Iterator[None]:
             yield
 
 
+def active_generation() -> int:
+    """The Keras that ``tf.keras`` means in this process (TF_USE_LEGACY_KERAS=1: Keras 2)."""
+    import os
+
+    return KERAS2 if os.environ.get("TF_USE_LEGACY_KERAS") == "1" else KERAS3
+
+
+def check_save_path(filepath: str, gen: int) -> None:
+    """Keras 3 saves whole models only as ``.keras`` files."""
+    if gen == KERAS3 and not str(filepath).endswith(".keras"):
+        raise ValueError(f"filepath must end in .keras (the Keras 3 format). Received: filepath={filepath!r}")
+
+
 def load_model(path: str, gen: int = KERAS3):
     return keras_module(gen).models.load_model(path)
 

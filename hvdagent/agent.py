@@ -369,8 +369,7 @@ class DistributedAgent:
         imports hvdagent or Horovod. All ranks wait until it is written.
         """
         filepath = os.fspath(filepath)
-        if not str(filepath).endswith(".keras") and self._gen == _compat.KERAS3:
-            raise ValueError(f"filepath must end in .keras (the Keras 3 format). Received: filepath={filepath!r}")
+        _compat.check_save_path(filepath, self._gen)
         if self.rank == 0:
             with _compat.plain_optimizer(self.model):
                 self.model.save(filepath, overwrite=overwrite, **kwargs)
@@ -383,8 +382,7 @@ class DistributedAgent:
         Every rank reads the file; training continues where it stopped, with
         the optimizer state the file holds.
         """
-        gen = _compat.KERAS2 if os.environ.get("TF_USE_LEGACY_KERAS") == "1" else _compat.KERAS3
-        model = _compat.load_model(os.fspath(filepath), gen)
+        model = _compat.load_model(os.fspath(filepath), _compat.active_generation())
         return cls(model, **agent_options)
 
 

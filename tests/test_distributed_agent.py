@@ -4,11 +4,9 @@ One launch per Keras generation runs many checks (tests/distributed/agent_checks
 the tests below assert on the values every rank wrote.
 """
 
-import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import DIST, read_results, run_horovod

@@ -1,6 +1,5 @@
 """SyncProfiler: one process here; a real 2-rank run at the end."""
 
-import json
 import textwrap
 
 import numpy as np

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _worker import Checks, weights_digest  # noqa: E402
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf  # noqa: E402,F401  (imported before hvdagent, as users do)
 
 import hvdagent  # noqa: E402
 

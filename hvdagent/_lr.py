@@ -44,7 +44,7 @@ def set_multiplier(optimizer, multiplier: float) -> None:
         return
     old = sync.lr_multiplier
     current = _compat.get_lr(inner)
-    base = getattr(sync, "lr_base", None)
+    base = sync.lr_base
     if base is None or not _same_float32(base * old, current):
         base = current / old
     _compat.set_lr(inner, base * multiplier)
@@ -63,7 +63,7 @@ def _same_float32(a: float, b: float) -> bool:
 def _unscaled_float(optimizer):
     sync, inner = sync_of(optimizer), inner_of(optimizer)
     scaled = _compat.get_lr(inner)
-    base = getattr(sync, "lr_base", None)
+    base = sync.lr_base
     _compat.set_lr(inner, base if base is not None and _same_float32(base * sync.lr_multiplier, scaled) else scaled / sync.lr_multiplier)
     try:
         yield
@@ -131,3 +131,11 @@ def unscale(optimizer) -> None:
         scale_schedule(optimizer, 1, 0)
     else:
         set_multiplier(optimizer, 1.0)
+
+
+def mark_unscaled(optimizer) -> None:
+    """Record that the optimizer's rate was just restored to its unscaled value."""
+    sync = sync_of(optimizer)
+    if sync is not None:
+        sync.lr_multiplier = 1.0
+        sync.lr_base = None

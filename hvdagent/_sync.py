@@ -47,6 +47,7 @@ class GradientSync:
         # the reduction, end(tensors, mark) -> tensors after it.
         self.timer = None
         self.lr_multiplier = 1.0  # the learning-rate scale currently applied
+        self.lr_base = None  # the unscaled float rate it applies to (hvdagent._lr)
         self._lr_unscale = None  # set by hvdagent._lr: how to undo that scale
         self.local_count = None
         self._accumulators: List = []

@@ -243,12 +243,11 @@ class DistributedAgent:
         """
         self._require_compiled("fit")
         _validate_fit_args(batch_size, epochs, seed)
-        for bad in ("validation_split",):
-            if kwargs.get(bad):
-                raise ValueError(
-                    f"{bad} is not supported by agent.fit: split the data yourself and pass validation_data. "
-                    f"Received: {bad}={kwargs[bad]!r}"
-                )
+        if kwargs.get("validation_split"):
+            raise ValueError(
+                "validation_split is not supported by agent.fit: split the data yourself and pass validation_data. "
+                f"Received: validation_split={kwargs['validation_split']!r}"
+            )
         if elastic:
             from hvdagent import elastic as elastic_module
 

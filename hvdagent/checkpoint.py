@@ -15,6 +15,7 @@ new size).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -22,7 +23,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from hvdagent import _compat, _hvd
+from hvdagent import _compat, _hvd, _lr
 from hvdagent._logging import get_logger
 from hvdagent.optimizer import inner_of, sync_of
 
@@ -49,7 +50,7 @@ def state_variables(model) -> List[Any]:
 def snapshot(model) -> List[np.ndarray]:
     """Copies of every state variable, with the learning rate unscaled."""
     sync = sync_of(model.optimizer)
-    with sync.unscaled_learning_rate() if sync is not None else _nullcontext():
+    with sync.unscaled_learning_rate() if sync is not None else contextlib.nullcontext():
         return [np.array(v.numpy()) for v in state_variables(model)]
 
 
@@ -77,10 +78,7 @@ def load_arrays(model, arrays: List[np.ndarray], source: str = "the saved state"
             )
     for v, a in zip(variables, arrays):
         v.assign(a)
-    sync = sync_of(model.optimizer)
-    if sync is not None:  # the restored learning rate is the unscaled one
-        sync.lr_multiplier = 1.0
-        sync.lr_base = None
+    _lr.mark_unscaled(model.optimizer)  # the restored learning rate is the unscaled one
 
 
 class Checkpointer:
@@ -159,11 +157,3 @@ class Checkpointer:
             arrays = [data[f"v{i}"] for i in range(len(data.files))]
         load_arrays(model, arrays, source=f"the checkpoint {path}", names=meta.get("variables"))
         log.info("checkpoint: resumed from epoch %d (%s, written by %d rank(s))", meta["epoch"], path, meta["size"])
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

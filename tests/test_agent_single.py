@@ -60,6 +60,8 @@ def test_bad_inputs_are_named_with_the_received_value():
             agent.fit(x, y, batch_size=bad)
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
         agent.fit(x, y, epochs=-1)
+    with pytest.raises(ValueError, match="validation_split is not supported.*Received: validation_split=0.2"):
+        agent.fit(x, y, validation_split=0.2)
     with pytest.raises(ValueError, match="warmup_epochs must be a number >= 0. Received: warmup_epochs=-2"):
         hvdagent.DistributedAgent(_model(), warmup_epochs=-2)
     with pytest.raises(ValueError, match=r"op must be one of \('average', 'sum', 'adasum'\). Received: op='mean'"):

@@ -49,7 +49,7 @@ def parse(argv=None):
     p.add_argument("--overlap", choices=("default", "on", "off"), default="default",
                    help="hvdagent: one allreduce per gradient as it becomes ready (on) or one grouped (off)")
     p.add_argument("--pin", action="store_true", help="pin this process to CPU core local_rank")
-    p.add_argument("--profile", action="store_true", help="hvdagent: run hvdagent.profiler.SyncProfiler")
+    p.add_argument("--profile", action="store_true", help="hvdagent: run hvdagent.SyncProfiler")
     p.add_argument("--out", required=True, help="directory for result-<rank>.json")
     return p.parse_args(argv)
 
@@ -106,7 +106,7 @@ def run_keras3(args, rank, size):
         extra["overlap"] = getattr(sync, "overlap", None)
         callbacks = fit.pop("callbacks")
         if args.profile:
-            from hvdagent.profiler import SyncProfiler
+            from hvdagent import SyncProfiler
 
             prof = SyncProfiler()
             callbacks.append(prof)

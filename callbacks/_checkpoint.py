@@ -6,7 +6,7 @@ from ._base import Callback
 
 
 class EpochCheckpoint(Callback):
-    """Drives a :class:`hvdagent.checkpoint.Checkpointer` for ``agent.fit``.
+    """Drives a :class:`hvdagent._checkpoint.Checkpointer` for ``agent.fit``.
 
     ``on_train_begin`` restores ``meta`` (every rank reads the same file),
     before the broadcast and learning-rate callbacks run; ``on_epoch_end``

@@ -14,7 +14,7 @@ class Commit(Callback):
 
     Args:
         state: the Horovod elastic state (see :func:`hvdagent._hvd.make_elastic_state`).
-        run: the :class:`hvdagent.elastic.ElasticRun` holding the position.
+        run: the :class:`hvdagent._elastic.ElasticRun` holding the position.
         batches_per_commit: also commit every this many batches (None: only at epoch ends).
         samples_per_batch: global samples per step, to record the position.
         offset: samples of the first epoch already done before this ``fit``.

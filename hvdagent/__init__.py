@@ -8,11 +8,12 @@
 
 from hvdagent._hvd import HorovodUnavailableError
 from hvdagent._version import __version__
-from hvdagent.agent import DistributedAgent
-from hvdagent.data import shard_dataset
-from hvdagent.launch import LaunchError, LaunchTimeoutError, launch
-from hvdagent.optimizer import DistributedOptimizer
-from hvdagent.process import init, is_chief, local_rank, local_size, rank, size
+from hvdagent._agent import DistributedAgent
+from hvdagent._data import shard_dataset
+from hvdagent._launch import LaunchError, LaunchTimeoutError, launch
+from hvdagent._optimizer import DistributedOptimizer
+from hvdagent._process import init, is_chief, local_rank, local_size, rank, size
+from hvdagent._profiler import SyncProfiler
 
 __all__ = [
     "__version__",
@@ -25,6 +26,7 @@ __all__ = [
     "DistributedAgent",
     "DistributedOptimizer",
     "shard_dataset",
+    "SyncProfiler",
     "launch",
     "LaunchError",
     "LaunchTimeoutError",

@@ -145,7 +145,7 @@ def plain_optimizer(model) -> Iterator[None]:
 
     Used to save a file that loads without hvdagent or Horovod.
     """
-    from hvdagent import optimizer as optimizer_module
+    from hvdagent import _optimizer as optimizer_module
 
     dist = model.optimizer
     sync = optimizer_module.sync_of(dist)

@@ -19,7 +19,7 @@ import contextlib
 import functools
 
 from hvdagent import _compat
-from hvdagent.optimizer import inner_of, sync_of
+from hvdagent._optimizer import inner_of, sync_of
 
 
 def warmup_multiplier(progress: float, size: int) -> float:

@@ -43,7 +43,7 @@ class GradientSync:
         # can start as soon as its gradient exists and overlap the rest of the
         # backward pass (measured in docs/benchmarks.md).
         self.overlap = False
-        # Set by hvdagent.profiler.SyncProfiler: begin(tensors) -> mark before
+        # Set by hvdagent._profiler.SyncProfiler: begin(tensors) -> mark before
         # the reduction, end(tensors, mark) -> tensors after it.
         self.timer = None
         self.lr_multiplier = 1.0  # the learning-rate scale currently applied

@@ -41,7 +41,7 @@ def test_already_compiled_model_keeps_loss_metrics_and_gets_a_distributed_optimi
     model = _model()
     model.compile(keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
     agent = hvdagent.DistributedAgent(model)
-    assert hvdagent.optimizer.is_distributed(model.optimizer)
+    assert hvdagent._optimizer.is_distributed(model.optimizer)
     assert model.optimizer.inner_optimizer.__class__.__name__ == "Adam"
     history = agent.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert set(history.history) == {"loss", "mae"}

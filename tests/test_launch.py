@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf  # noqa: F401 (imported before launching, as in a notebook)
 
 import hvdagent
-from hvdagent.launch import LaunchError, LaunchTimeoutError
+from hvdagent import LaunchError, LaunchTimeoutError
 
 
 def _leftover_workers(since):

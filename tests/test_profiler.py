@@ -8,7 +8,7 @@ import pytest
 from conftest import read_results, run_horovod
 
 import hvdagent
-from hvdagent.profiler import LOG_KEYS, SyncProfiler, _SyncTimer, format_record
+from hvdagent._profiler import LOG_KEYS, SyncProfiler, _SyncTimer, format_record
 
 
 def _agent(keras_module):
@@ -90,7 +90,7 @@ WORKER = textwrap.dedent('''
     import numpy as np
     import keras, tensorflow as tf
     import hvdagent
-    from hvdagent.profiler import SyncProfiler
+    from hvdagent._profiler import SyncProfiler
 
     hvdagent.init()
     rank, size = hvdagent.rank(), hvdagent.size()

@@ -8,9 +8,9 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from hvdagent import _compat, _hvd, _lr, _metrics, data
+from hvdagent import _compat, _hvd, _lr, _metrics, _data
 from hvdagent._logging import get_logger
-from hvdagent.optimizer import DistributedOptimizer, _validate_options, inner_of, is_distributed
+from hvdagent._optimizer import DistributedOptimizer, _validate_options, inner_of, is_distributed
 
 __all__ = ["DistributedAgent"]
 
@@ -156,12 +156,12 @@ class DistributedAgent:
         if _compat.has_schedule(inner_of(opt)):
             _lr.scale_schedule(opt, self.size, int(self.warmup_epochs * steps_per_epoch))
             return []
-        from hvdagent.callbacks import LearningRateWarmupCallback
+        from hvdagent.callbacks._warmup import ScaledWarmup
         from hvdagent.callbacks._scale_lr import ScaleLearningRate
 
         if self.warmup_epochs == 0:
             return [ScaleLearningRate()]
-        return [LearningRateWarmupCallback(self.warmup_epochs, steps_per_epoch=steps_per_epoch)]
+        return [ScaledWarmup(self.warmup_epochs, steps_per_epoch=steps_per_epoch)]
 
     def _require_compiled(self, method: str) -> None:
         if not is_distributed(getattr(self.model, "optimizer", None)):
@@ -224,10 +224,10 @@ class DistributedAgent:
             checkpoint_dir: save model, optimizer state and progress here at
                 the end of every epoch (rank 0, atomically), and resume from
                 the latest checkpoint there when ``fit`` starts (default None:
-                no checkpoints). See :mod:`hvdagent.checkpoint`.
+                no checkpoints). See :mod:`hvdagent._checkpoint`.
             elastic: keep training when workers leave or join under
                 ``horovodrun --min-np/--max-np`` (default False). See
-                :mod:`hvdagent.elastic`.
+                :mod:`hvdagent._elastic`.
             batches_per_commit: with ``elastic``, also commit every this many
                 batches (default None: at epoch ends only); after a change of
                 workers, numpy input resumes inside the epoch, at the first
@@ -235,7 +235,7 @@ class DistributedAgent:
             profile: print, per epoch on rank 0, the time spent computing vs
                 in gradient sync, and add ``compute_time``, ``sync_time`` and
                 ``sync_fraction`` to the logs (default False). See
-                :class:`hvdagent.profiler.SyncProfiler`.
+                :class:`hvdagent.SyncProfiler`.
 
         Returns:
             The ``History``; its values are the exact global metrics, the
@@ -249,7 +249,7 @@ class DistributedAgent:
                 f"Received: validation_split={kwargs['validation_split']!r}"
             )
         if elastic:
-            from hvdagent import elastic as elastic_module
+            from hvdagent import _elastic as elastic_module
 
             return elastic_module.fit(self, epochs, callbacks, batches_per_commit, dict(
                 x=x, y=y, batch_size=batch_size, verbose=verbose, validation_data=validation_data,
@@ -257,12 +257,12 @@ class DistributedAgent:
         skip = int(kwargs.pop("_hvdagent_skip_samples", 0))  # elastic: the done part of an epoch
         user_callbacks = list(callbacks or [])
         if profile:
-            from hvdagent.profiler import SyncProfiler
+            from hvdagent._profiler import SyncProfiler
 
             user_callbacks.insert(0, SyncProfiler())
         ckpt, meta = None, None
         if checkpoint_dir is not None:
-            from hvdagent.checkpoint import Checkpointer
+            from hvdagent._checkpoint import Checkpointer
 
             ckpt = Checkpointer(checkpoint_dir)
             ckpt.check_writable()
@@ -437,7 +437,7 @@ def _rank_filtered(callbacks: list, gen: int) -> list:
 def _install_steps(model) -> None:
     """Shadow the model's step functions so empty batches are collective no-ops.
 
-    A rank whose data ran out gets empty batches (see :mod:`hvdagent.data`): it
+    A rank whose data ran out gets empty batches (see :mod:`hvdagent._data`): it
     skips the forward pass but still joins the gradient reduction with a zero
     weight, so every rank performs the same updates.
     """

@@ -26,7 +26,7 @@ from typing import Any, List, Optional
 
 from hvdagent import _hvd
 from hvdagent._logging import get_logger
-from hvdagent.checkpoint import load_arrays, snapshot
+from hvdagent._checkpoint import load_arrays, snapshot
 
 log = get_logger(__name__)
 

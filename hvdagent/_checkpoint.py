@@ -25,7 +25,7 @@ import numpy as np
 
 from hvdagent import _compat, _hvd, _lr
 from hvdagent._logging import get_logger
-from hvdagent.optimizer import inner_of, sync_of
+from hvdagent._optimizer import inner_of, sync_of
 
 log = get_logger(__name__)
 

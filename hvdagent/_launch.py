@@ -122,7 +122,7 @@ def launch(
     a notebook's stop button) stops every rank before the
     ``KeyboardInterrupt`` propagates.
 
-    The errors are importable as ``from hvdagent.launch import LaunchError,
+    The errors are importable as ``from hvdagent import LaunchError,
     LaunchTimeoutError``; ``LaunchError`` is a ``RuntimeError``.
 
     Args:

@@ -83,7 +83,7 @@ class SyncProfiler(Callback):
 
     Example:
         >>> import keras, numpy as np, hvdagent
-        >>> from hvdagent.profiler import SyncProfiler
+        >>> from hvdagent import SyncProfiler
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
         >>> agent = hvdagent.DistributedAgent(model, scale_lr=False)
         >>> agent.compile(keras.optimizers.SGD(0.01), loss="mse")

@@ -83,13 +83,22 @@ for dense in (False, True):
 
 # Learning-rate scaling: float with warm-up, and a schedule.
 model, history = train(scale_lr=True, warmup_epochs=2, epochs=3, optimizer=keras.optimizers.SGD(0.01))
-checks.record("warmup_final_lr", float(np.asarray(model.optimizer.learning_rate)))
+def applied_lr(model):
+    """The rate the next update applies (the stored rate times the scale)."""
+    return hvdagent._optimizer.parts_of(model.optimizer).lr.effective_rate(model.optimizer)
+
+
+checks.record("warmup_final_lr", applied_lr(model))
+checks.record("warmup_stored_lr", float(np.asarray(model.optimizer.learning_rate)))
 schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=100, decay_rate=0.5)
 model, _ = train(scale_lr=True, optimizer=keras.optimizers.SGD(schedule))
 steps = int(model.optimizer.iterations.numpy())
-checks.record("schedule_lr_ratio", float(np.asarray(model.optimizer.learning_rate)) / float(schedule(steps)))
+checks.record("schedule_lr_ratio", applied_lr(model) / float(schedule(steps)))
 model, _ = train(scale_lr=True, warmup_epochs=1, epochs=2, optimizer=keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 100, 0.5)))
-checks.record("schedule_warmup_lr_ratio", float(np.asarray(model.optimizer.learning_rate)) / float(schedule(int(model.optimizer.iterations.numpy()))))
+checks.record("schedule_warmup_lr_ratio", applied_lr(model) / float(schedule(int(model.optimizer.iterations.numpy()))))
+# Mid-warm-up: after 1 of 2 warm-up epochs (16 of 32 updates) the multiplier is 1.5.
+model, _ = train(scale_lr=True, warmup_epochs=2, epochs=1, optimizer=keras.optimizers.SGD(0.01))
+checks.record("warmup_half_lr", applied_lr(model))
 
 # Synchronized decisions: EarlyStopping on the global val_loss; ReduceLROnPlateau.
 model = mlp(seed=2)
@@ -147,9 +156,10 @@ checks.record("batched_fit_updates", int(model.optimizer.iterations.numpy()))
 from hvdagent.callbacks import BroadcastGlobalVariablesCallback, LearningRateWarmupCallback, MetricAverageCallback  # noqa: E402
 
 model = mlp(seed=10 + rank)  # different starts: the broadcast must fix that
-model.compile(optimizer=hvdagent.DistributedOptimizer(keras.optimizers.SGD(0.01)), loss="mse", metrics=["mae"])
+model.compile(optimizer=hvdagent.DistributedOptimizer(keras.optimizers.SGD(0.01 * size)), loss="mse", metrics=["mae"])
 history = model.fit(x[rank::size], y[rank::size], batch_size=16, epochs=3, verbose=0, callbacks=[
-    BroadcastGlobalVariablesCallback(0), MetricAverageCallback(), LearningRateWarmupCallback(warmup_epochs=1)])
+    BroadcastGlobalVariablesCallback(0), MetricAverageCallback(),
+    LearningRateWarmupCallback(initial_lr=0.01 * size, warmup_epochs=1)])
 checks.record("recipe_digest", weights_digest(model))
 checks.record("recipe_history", {k: [float(v) for v in vals] for k, vals in history.history.items()})
 checks.record("recipe_lr", float(np.asarray(model.optimizer.learning_rate)))

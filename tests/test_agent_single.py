@@ -32,19 +32,24 @@ def test_agent_fit_on_one_process_equals_plain_keras():
         np.testing.assert_allclose(wa, wb, atol=1e-6)
     assert ha.history["loss"] == pytest.approx(hb.history["loss"], abs=1e-6)
     res = agent.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
-    assert set(res) == {"loss", "mae"}
+    expected = b.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+    assert res == pytest.approx(expected, abs=1e-6) and set(res) == {"loss", "mae"}
     np.testing.assert_allclose(agent.predict(x, verbose=0), b.predict(x, verbose=0), atol=1e-5)
 
 
 def test_already_compiled_model_keeps_loss_metrics_and_gets_a_distributed_optimizer():
     x, y = _data()
-    model = _model()
+    model, plain = _model(), _model()
     model.compile(keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
+    plain.compile(keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
     agent = hvdagent.DistributedAgent(model)
     assert hvdagent._optimizer.is_distributed(model.optimizer)
     assert model.optimizer.inner_optimizer.__class__.__name__ == "Adam"
-    history = agent.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    history = agent.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    expected = plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     assert set(history.history) == {"loss", "mae"}
+    for key in ("loss", "mae"):
+        assert history.history[key] == pytest.approx(expected.history[key], abs=1e-6)
 
 
 def test_bad_inputs_are_named_with_the_received_value():

@@ -16,7 +16,7 @@ Scope: :func:`distributed` installs the wrappers for the duration of one
 ``agent.fit``/``evaluate`` call and removes them afterwards. Outside the
 agent's calls the model is the user's plain Keras model: ``model.evaluate``
 on rank 0 alone stays a local call. The traced functions are cached per
-compile, so a second ``agent.fit`` does not retrace.
+compile and number of ranks, so a second ``agent.fit`` does not retrace.
 """
 
 from __future__ import annotations
@@ -186,7 +186,10 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
         "test_step": _test_step(model, originals["test_step"]),
         "get_metrics_result": _metrics_result(model, originals["get_metrics_result"]),
     }
-    key = (id(model.optimizer), id(getattr(model, "_compile_config", None) or getattr(model, "compiled_loss", None)))
+    # Traced functions hold the collectives of the size they were traced at
+    # (none with one rank): an elastic job that grows must retrace.
+    key = (id(model.optimizer), id(getattr(model, "_compile_config", None) or getattr(model, "compiled_loss", None)),
+           _hvd.size())
     for name, fn in wrapped.items():
         object.__setattr__(model, name, types.MethodType(fn, model))
     for name, fn in zip(_FUNCTIONS, cache.get(key, (None,) * len(_FUNCTIONS))):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 
 from hvdagent import _compat
+from hvdagent._sync import Parts, SyncOptions
 
 
 @keras.saving.register_keras_serializable(package="hvdagent")
@@ -91,10 +92,7 @@ class Keras3DistributedOptimizer(keras.optimizers.Optimizer):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        from hvdagent._optimizer import wrap
-        from hvdagent._sync import SyncOptions
-
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         name = config.pop("name", None)
-        return wrap(inner, SyncOptions(**config), name=name)
+        return cls(inner, Parts.create(SyncOptions(**config)), name=name)

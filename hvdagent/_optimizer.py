@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional
 
 from hvdagent import _compat
-from hvdagent._lr import LRScale
-from hvdagent._sync import GradientSync, SyncOptions
+from hvdagent._sync import Parts, SyncOptions
 
 __all__ = ["DistributedOptimizer", "wrap", "parts_of", "is_distributed", "inner_of"]
 
@@ -89,7 +87,7 @@ def wrap(optimizer: Any, options: SyncOptions, name: Optional[str] = None):
             f"optimizer {type(optimizer).__name__} cannot be wrapped: pass the plain optimizer "
             f"(Horovod's own wrapper and tf_keras' loss scaling are not supported). Received: optimizer={optimizer!r}"
         )
-    parts = Parts(GradientSync(options), LRScale())
+    parts = Parts.create(options)
     if gen == _compat.KERAS3:
         from hvdagent._keras3_optimizer import Keras3DistributedOptimizer
 
@@ -97,14 +95,6 @@ def wrap(optimizer: Any, options: SyncOptions, name: Optional[str] = None):
     from hvdagent._keras2_optimizer import make_distributed
 
     return make_distributed(optimizer, parts)
-
-
-@dataclasses.dataclass(frozen=True)
-class Parts:
-    """What a distributed optimizer carries: its gradient sync and its learning-rate scale."""
-
-    sync: GradientSync
-    lr: LRScale
 
 
 def parts_of(optimizer: Any) -> Optional[Parts]:

@@ -27,6 +27,7 @@ import dataclasses
 from typing import List, Optional
 
 from hvdagent import _hvd, _validate
+from hvdagent._lr import LRScale
 
 OPS = ("average", "sum", "adasum")
 COMPRESSIONS = (None, "fp16", "bf16")
@@ -247,3 +248,15 @@ class GradientSync:
             sync_and_apply,
             lambda: tf.constant(False),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What a distributed optimizer carries: its gradient sync and its learning-rate scale."""
+
+    sync: GradientSync
+    lr: LRScale
+
+    @classmethod
+    def create(cls, options: SyncOptions) -> "Parts":
+        return cls(GradientSync(options), LRScale())

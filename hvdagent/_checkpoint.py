@@ -24,7 +24,6 @@ import numpy as np
 
 from hvdagent import _compat, _hvd
 from hvdagent._logging import get_logger
-from hvdagent._optimizer import inner_of
 
 log = get_logger(__name__)
 
@@ -42,7 +41,7 @@ def state_variables(model) -> List[Any]:
     out = list(model.variables)
     opt = getattr(model, "optimizer", None)
     if opt is not None:
-        out += list(inner_of(opt).variables)
+        out += list(opt.variables)  # the distributed optimizer lists the variables of the one it applies through
     return out
 
 

@@ -38,6 +38,17 @@ def test_sparse_gradients_agree_across_ranks(run):
         assert r0[f"sparse_as_dense_{dense}_digest"] == r1[f"sparse_as_dense_{dense}_digest"]
 
 
+def test_local_sgd_averages_weights_exactly_and_ends_with_identical_replicas(run):
+    _, (r0, r1), _ = run
+    assert r0["local_sgd_digest"] == r1["local_sgd_digest"]  # ranks drift apart between averages, identical after fit
+    assert r0["local_sgd_vs_every_step"] > 1e-4  # ranks really stepped on their own between averages
+    assert r0["local_sgd_warmup_vs_every_step"] == 0.0  # the warm-up epoch is every-step sync, exactly
+    for r in (r0, r1):
+        assert r["local_sgd_average"] == [[1.5] * 3, [[15.0] * 2] * 2]  # the mean of ranks' values
+        assert r["local_sgd_with_accumulation"]["raised"] == "ValueError"
+        assert "sync_every=4" in r["local_sgd_with_accumulation"]["message"]
+
+
 def test_learning_rate_scaling_with_warmup_and_schedules(run):
     _, results, _ = run
     for r in results:

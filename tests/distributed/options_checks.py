@@ -81,6 +81,22 @@ for dense in (False, True):
     agent.fit(tokens, targets, batch_size=16, epochs=1, verbose=0)
     checks.record(f"sparse_as_dense_{dense}_digest", weights_digest(emb))
 
+# Local SGD (sync_every=4): ranks apply their own gradients and average the
+# weights every 4 updates and at every epoch end: identical replicas after fit,
+# a different trajectory from every-step sync; averaging is the exact mean.
+model, _ = train(sync_every=4, epochs=2)
+every_step, _ = train(epochs=2)
+checks.record("local_sgd_digest", weights_digest(model))
+checks.record("local_sgd_vs_every_step", max_diff(model, every_step))
+model, _ = train(sync_every=4, local_sgd_warmup_epochs=1, epochs=1)
+checks.record("local_sgd_warmup_vs_every_step", max_diff(model, base))  # 1 epoch of every-step sync first
+parts = hvdagent._optimizer.parts_of(model.optimizer)
+probe = [tf.Variable(tf.fill([3], float(rank + 1))), tf.Variable(tf.fill([2, 2], 10.0 * (rank + 1)))]
+parts.sync.average_weights(probe)
+checks.record("local_sgd_average", [v.numpy().tolist() for v in probe])
+checks.expect_error("local_sgd_with_accumulation", ValueError, hvdagent.DistributedAgent, mlp(),
+                    sync_every=4, backward_passes_per_step=2)
+
 # Learning-rate scaling: float with warm-up, and a schedule.
 model, history = train(scale_lr=True, warmup_epochs=2, epochs=3, optimizer=keras.optimizers.SGD(0.01))
 def applied_lr(model):

@@ -63,6 +63,20 @@ def validity_line(report: dict) -> str:
     return "**INVALID, not for conclusions**: " + "; ".join(v.get("reasons") or ["no validity record"]) + f"{facts}."
 
 
+def env_difference(runs: list, controller: str) -> str:
+    """How hvdagent's Horovod settings after ``init`` differ from the hand-written
+    baseline's on ``controller`` ("" when they match): a fair comparison needs none."""
+    envs = {}
+    for r in runs:
+        if r.get("controller") == controller and r["config"] in ("hvdagent", "horovod") and "env" in r:
+            envs.setdefault(r["config"], r["env"])
+    if len(envs) < 2 or envs["hvdagent"] == envs["horovod"]:
+        return ""
+    keys = sorted(set(envs["hvdagent"]) | set(envs["horovod"]))
+    return "; ".join(f"`{k}` hvdagent {envs['hvdagent'].get(k, 'unset')}, hand-written {envs['horovod'].get(k, 'unset')}"
+                     for k in keys if envs["hvdagent"].get(k) != envs["horovod"].get(k))
+
+
 def run_section(report: dict) -> str:
     """One run: settings, validity, samples/s side by side, ratios, allreduce, model check."""
     st, ctrls = report.get("settings", {}), _controllers(report)
@@ -108,6 +122,10 @@ def run_section(report: dict) -> str:
                 cells.append(cell)
             if any(c != "-" for c in cells):
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for c in ctrls:
+        diff = env_difference(report.get("runs", []), c)
+        if diff:
+            lines += ["", f"**Not the same environment on {c}** after initialisation: {diff}."]
     ar = report.get("allreduce") or {}
     if ar:
         cs = list(ar)
@@ -128,6 +146,32 @@ def run_section(report: dict) -> str:
                               + f"{r['measured']:,.0f} ({r['measured_over_predicted']:.2f}x)"
                               for r in check) + "."]
     return "\n".join(lines)
+
+
+def plot_run(report: dict, path) -> None:
+    """Bar chart of one run's medians (min-max bars), controllers in colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = report["summary"]
+    names = [n for n in summary if summary[n].get("ok")]
+    med = [summary[n]["median"] for n in names]
+    err = [[m - summary[n]["min"] for n, m in zip(names, med)], [summary[n]["max"] - m for n, m in zip(names, med)]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+    ax.bar(names, med, yerr=err, capsize=4, color=["#1f77b4" if "@mpi" in n else "#ff7f0e" if "@" in n else "#999999"
+                                                   for n in names])
+    for i, v in enumerate(med):
+        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("samples/s (median, bars: min-max)")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    valid = report["validity"]["valid"]
+    ax.set_title(f"{report['machine']['cpu']}, {report['machine']['cores']} cores, {report['started']}"
+                 + ("" if valid else "  [INVALID: busy machine]"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def history_section(runs: list) -> str:

@@ -298,31 +298,6 @@ def parse(argv=None):
     return args
 
 
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = report["summary"]
-    names = [n for n in summary if summary[n].get("ok")]
-    med = [summary[n]["median"] for n in names]
-    err = [[m - summary[n]["min"] for n, m in zip(names, med)], [summary[n]["max"] - m for n, m in zip(names, med)]]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
-    ax.bar(names, med, yerr=err, capsize=4, color=["#1f77b4" if "@mpi" in n else "#ff7f0e" if "@" in n else "#999999"
-                                                   for n in names])
-    for i, v in enumerate(med):
-        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("samples/s (median, bars: min-max)")
-    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    valid = report["validity"]["valid"]
-    ax.set_title(f"{report['machine']['cpu']}, {report['machine']['cores']} cores, {report['started']}"
-                 + ("" if valid else "  [INVALID: busy machine]"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def main(argv=None) -> int:
     args = parse(argv)
     import report as render  # benchmarks/report.py: the same tables as docs/benchmarks.md
@@ -385,7 +360,7 @@ def main(argv=None) -> int:
     print()
     print(render.run_section(report))
     if not args.no_plot and runs:
-        plot(report, out / "bench.png")
+        render.plot_run(report, out / "bench.png")
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     print(f"\nwrote {out / 'bench.json'}", flush=True)
     if args.history and (not reasons or args.allow_busy):

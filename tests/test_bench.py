@@ -135,6 +135,9 @@ def test_report_marks_invalid_runs_and_replaces_only_its_blocks():
     assert text.startswith("**INVALID") and "started on a busy machine" in text
     assert "| hvdagent | 80 (80 - 80) | 100 (90 - 110) |" in text
     assert "| hvdagent / horovod | 0.889 (>= 0.98: **missed**, held in 1 of 3 repeats) | 1.000 (>= 1.0: met" in text
+    rep["runs"] = [dict(r, env={"HOROVOD_CYCLE_TIME": "0.1"} if r["config"] == "hvdagent" else {}) for r in runs]
+    assert "**Not the same environment on gloo** after initialisation: `HOROVOD_CYCLE_TIME` hvdagent 0.1, " \
+           "hand-written unset." in report.run_section(rep)
     doc = "intro\n<!-- BEGIN generated: history -->\nold\n<!-- END generated: history -->\nkept\n"
     assert report.replace_blocks(doc, {"history": "new"}) == doc.replace("old", "new")
     with pytest.raises(ValueError, match="no generated block 'model'"):

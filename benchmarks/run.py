@@ -260,7 +260,7 @@ def parse(argv=None):
                    help="DistributedAgent arguments of the localsgd configuration (default sync_every=8)")
     p.add_argument("--nosync-args", default="", metavar="KEY=VALUE,...",
                    help="DistributedAgent arguments of the nosync configuration (default none: the optimizer's "
-                        "sync switch is used)")
+                        "sync switch, or sync_every=1000000000 where hvdagent has no switch)")
     p.add_argument("--max-load", type=float, default=_machine.MAX_LOAD,
                    help=f"highest 1-minute load average to start at (default {_machine.MAX_LOAD})")
     p.add_argument("--max-other-cores", type=float, default=_machine.MAX_OTHER_CORES,

@@ -24,6 +24,7 @@ reduction, stop sync) are included. Throughput is global samples per second.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -79,12 +80,17 @@ def agent_kwargs(args) -> dict:
     return kwargs
 
 
-def switch_off_sync(model, args) -> str:
+NEVER = 10**9  # sync_every larger than any run: local SGD that never averages during training
+
+
+def switch_off_sync(model, args):
     """Switch hvdagent's gradient reduction off (the ``nosync`` upper bound).
 
     Uses the optimizer wrapper's benchmark switch, or nothing when the run's
-    agent arguments already make it local SGD that never averages
-    (``sync_every`` larger than the run). Says how, so the result records it.
+    agent arguments already make it local SGD that never averages during the
+    run. Returns how (recorded in the result), or None when this hvdagent has
+    no switch but accepts ``sync_every``: the caller then builds the agent
+    again with ``sync_every=NEVER``.
     """
     every = json.loads(args.agent_kwargs).get("sync_every")
     if every is not None and every > args.steps * (args.epochs + 1):
@@ -93,10 +99,13 @@ def switch_off_sync(model, args) -> str:
     if sync is not None and hasattr(sync, "enabled"):
         sync.enabled = False
         return "optimizer._hvdagent_sync.enabled = False"
+    import hvdagent
+
+    if "sync_every" in inspect.signature(hvdagent.DistributedAgent).parameters:
+        return None
     raise RuntimeError(
-        "this hvdagent has no switch to turn gradient sync off (looked for optimizer._hvdagent_sync.enabled). "
-        "Hint: run the benchmark with --nosync-args sync_every=1000000000 to get the upper bound from local SGD "
-        "that never averages during training."
+        "this hvdagent has no switch to turn gradient sync off (looked for optimizer._hvdagent_sync.enabled) "
+        "and no sync_every argument; the nosync configuration cannot run."
     )
 
 
@@ -134,7 +143,13 @@ def run_keras3(args, rank, size):
         agent = hvdagent.DistributedAgent(model, **agent_kwargs(args))
         agent.compile(keras.optimizers.SGD(0.01), loss=loss, metrics=["accuracy"])
         if args.mode == "nosync":
-            extra["nosync_via"] = switch_off_sync(model, args)
+            how = switch_off_sync(model, args)
+            if how is None:
+                model = _workload.build_model(keras)
+                agent = hvdagent.DistributedAgent(model, **{**agent_kwargs(args), "sync_every": NEVER})
+                agent.compile(keras.optimizers.SGD(0.01), loss=loss, metrics=["accuracy"])
+                how = f"sync_every={NEVER} (no sync switch in this hvdagent)"
+            extra["nosync_via"] = how
         callbacks = fit.pop("callbacks")
         if args.profile:
             from hvdagent import SyncProfiler
@@ -210,7 +225,12 @@ def run_keras2(args, rank, size):
     model = _workload.build_model(tf_keras)
     agent = hvdagent.DistributedAgent(model, **agent_kwargs(args))
     agent.compile(tf_keras.optimizers.SGD(0.01), loss=loss, metrics=["accuracy"])
-    extra = {"nosync_via": switch_off_sync(model, args)} if args.mode == "nosync" else {}
+    extra = {}
+    if args.mode == "nosync":
+        extra["nosync_via"] = switch_off_sync(model, args)
+        if extra["nosync_via"] is None:
+            raise RuntimeError("nosync with tf_keras needs the optimizer's sync switch; pass --nosync-args "
+                               f"sync_every={NEVER} to run.py")
     agent.fit(x, y, batch_size=args.batch, **fit)
     return Timer, n, extra
 

@@ -8,7 +8,9 @@ directly, as a user writing it by hand would.
 Modes:
     single     plain Keras 3 ``model.fit``, one process
     hvdagent   ``hvdagent.DistributedAgent`` (Keras 3, or tf_keras with --keras 2)
-    nosync     the same with gradient sync switched off (the upper bound)
+    nosync     the same without gradient sync (the upper bound): the optimizer's
+               sync switch where hvdagent has one, else ``sync_every=10**9``
+               (weights averaged only at the last step of each epoch)
     localsgd   the same with the DistributedAgent arguments of --agent-kwargs
                (the benchmark passes ``sync_every=8``: local SGD)
     horovod    hand-written Horovod: ``hvd.grouped_allreduce`` of all

@@ -150,7 +150,8 @@ def launch(config: str, args, controller: str = "gloo", env_extra=None, worker_a
     shutil.rmtree(out_dir, ignore_errors=True)
     record = {"config": config, "controller": controller if controlled else None, "rc": rc,
               "wall_s": cpu["wall_s"], "load_before": load_before, "load_after": _machine.load1(),
-              "other_cores": cpu["other_cores"], "steal_cores": cpu["steal_cores"]}
+              "other_cores": cpu["other_cores"], "steal_cores": cpu["steal_cores"],
+              "ours_cpu_s": cpu["ours_cores"] * cpu["wall_s"]}
     if not results:
         record["error"] = output[-3000:]
         return record
@@ -159,6 +160,9 @@ def launch(config: str, args, controller: str = "gloo", env_extra=None, worker_a
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
         "peak_rss_mb_per_rank": [r["peak_rss_mb"] for r in results],
         "env": results[0].get("env", {}),
+        # CPU the ranks report themselves: must be inside ours_cpu_s, or the
+        # "other processes" figure would count the benchmark against itself.
+        "ranks_cpu_s": sum(r.get("cpu_s", 0.0) for r in results),
     })
     for key in ("profile", "nosync_via", "agent_kwargs"):
         if results[0].get(key) is not None:

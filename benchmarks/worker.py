@@ -276,6 +276,7 @@ def main(argv=None):
         "steps": args.steps, "epochs": args.epochs, "batch": args.batch,
         "elapsed_s": elapsed, "samples_per_s": samples / elapsed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "cpu_s": sum(getattr(resource.getrusage(resource.RUSAGE_SELF), f) for f in ("ru_utime", "ru_stime")),
         # What the process ran with after initialisation (hvdagent may set some of these itself).
         "env": {k: v for k, v in os.environ.items() if k.startswith(ENV_RECORDED)},
         "agent_kwargs": json.loads(args.agent_kwargs) if args.mode in AGENT_MODES else None,

@@ -207,6 +207,9 @@ def test_tiny_run_on_both_controllers(tmp_path):
     assert isinstance(v["valid"], bool) and (v["valid"] or v["reasons"])
     assert v["load_start"] >= 0 and rep["machine"]["cores"] >= 1
     assert all(r["other_cores"] is not None for r in rep["runs"])
+    # The ranks' own CPU time is counted as the benchmark's, not as other processes'.
+    assert all(r["ours_cpu_s"] >= 0.95 * r["ranks_cpu_s"] > 0 for r in rep["runs"]), \
+        [(r["config"], r["controller"], r["ours_cpu_s"], r["ranks_cpu_s"]) for r in rep["runs"]]
     saved = list(hist.glob("*.json"))
     assert len(saved) == 1 and rep["machine"]["slug"] in saved[0].name
     text = report.run_section(json.loads(saved[0].read_text()))

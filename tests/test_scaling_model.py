@@ -113,3 +113,16 @@ def test_two_rank_check_predicts_from_the_same_run():
     text = sm.render(report)
     assert "assumed" in text and "90% scaling efficiency at 512 GPUs" in text
     assert text.count("| 512 |") == 4  # two models x two latencies
+
+
+def test_the_figures_quoted_in_the_docs():
+    # docs/benchmarks.md quotes these (25M parameters, 250 ms per step, 10 us, 512 ranks).
+    def pct(gbits, every=1):
+        e = sm.efficiency(512, sm.COMPUTE_MS_25M / 1e3, 4 * sm.RESNET50_PARAMS, sm.NETWORK_ALPHA_US * 1e-6,
+                          sm.gbit_to_bytes_per_s(gbits), every)
+        return round(100 * e)
+
+    assert (pct(25), pct(100), pct(25, 8)) == (77, 91, 96)
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert "77% scaling efficiency at 512 ranks on 25 Gb/s" in text and "91% on 100 Gb/s" in text
+    assert "lifts 25 Gb/s to 96%" in text

@@ -27,9 +27,10 @@ test: setup
 doctor: setup
 	$(PY) -m hvdagent doctor
 
+# The tables are regenerated whatever the run's exit status (a refused run adds nothing).
 bench: setup
-	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --history docs/bench/history
-	$(PY) benchmarks/report.py --write docs/benchmarks.md
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --history docs/bench/history; rc=$$?; \
+	  $(PY) benchmarks/report.py --write docs/benchmarks.md && exit $$rc
 
 bench-quick: setup
 	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --tiny --allow-busy --configs single,hvdagent,horovod,nosync,localsgd \

@@ -361,14 +361,16 @@ def main(argv=None) -> int:
     report["validity"] = {"valid": not reasons, "reasons": reasons, "load_start": start["load1"],
                           "load_end": _machine.load1(), "other_cores_during": during["other_cores"],
                           "steal_cores_during": during["steal_cores"], "wall_s": during["wall_s"]}
+    # The measurements are written first: nothing below may lose them.
+    (out / "bench.json").write_text(json.dumps(report, indent=1))
+    saved = _history.save(report, args.history) if args.history and (not reasons or args.allow_busy) else None
     print()
     print(render.run_section(report))
     if not args.no_plot and runs:
         render.plot_run(report, out / "bench.png")
-    (out / "bench.json").write_text(json.dumps(report, indent=1))
     print(f"\nwrote {out / 'bench.json'}", flush=True)
-    if args.history and (not reasons or args.allow_busy):
-        print(f"added to the history: {_history.save(report, args.history)}", flush=True)
+    if saved:
+        print(f"added to the history: {saved}", flush=True)
     if reasons and not args.allow_busy:
         print("[bench] INVALID: " + "; ".join(reasons) + ". Not added to the history; run again on a quiet machine.",
               file=sys.stderr)

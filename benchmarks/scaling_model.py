@@ -92,6 +92,19 @@ def fit(rows: list, p: int = 2) -> tuple:
     return max(a, 0.0) / (2 * (p - 1)), 1 / b
 
 
+def fits(report: dict) -> dict:
+    """Per controller of ``report``'s microbenchmark: ``(alpha_s, bandwidth)``,
+    or the reason there is no fit (too few sizes, or latency not growing with
+    size, as on a busy machine)."""
+    out = {}
+    for c, ar in (report.get("allreduce") or {}).items():
+        try:
+            out[c] = fit(ar.get("rows", []), ar.get("size", 2))
+        except ValueError as err:
+            out[c] = str(err).split(". Received")[0]
+    return out
+
+
 def efficiency_table(params: int, compute_s: float, alpha_s: float, ranks=RANKS, gbits=GBITS,
                      sync_everys=(1, 8)) -> list:
     """Rows ``{"p": p, (gbit, sync_every): efficiency, ...}`` for float32 parameters."""
@@ -125,11 +138,11 @@ def two_rank_check(report: dict, params: int = BENCH_PARAMS) -> list:
     out = []
     batch, np_ = report["settings"]["batch"], report["settings"]["np"]
     every = report["settings"].get("localsgd", {}).get("sync_every", 8)
-    for ctrl, ar in report.get("allreduce", {}).items():
-        ns = report["summary"].get(f"nosync@{ctrl}", {}).get("median")
-        if not ns or len(ar.get("rows", [])) < 2:
+    for ctrl, fitted in fits(report).items():
+        ns = report.get("summary", {}).get(f"nosync@{ctrl}", {}).get("median")
+        if not ns or isinstance(fitted, str):
             continue
-        alpha, bw = fit(ar["rows"], ar.get("size", np_))
+        alpha, bw = fitted
         step = np_ * batch / ns
         comm = ring_allreduce_s(np_, 4 * params, alpha, bw)
         for config, k in (("hvdagent", 1), ("localsgd", every)):
@@ -145,12 +158,13 @@ def render(report: dict, alpha_s=None, compute_ms_25m: float = COMPUTE_MS_25M,
            network_alpha_us: float = NETWORK_ALPHA_US) -> str:
     """The model's section of docs/benchmarks.md for one benchmark run."""
     lines = []
-    fits = {c: fit(ar["rows"], ar.get("size", 2)) for c, ar in report.get("allreduce", {}).items()
-            if len(ar.get("rows", [])) >= 2}
-    for c, (a, bw) in fits.items():
-        lines.append(f"- fit of the {c} allreduce on loopback: alpha = {a * 1e6:.0f} us per ring step, "
-                     f"bandwidth = {bw / 1e9:.2f} GB/s")
-    measured_alpha = alpha_s if alpha_s is not None else fits.get("gloo", fits.get("mpi", (None,)))[0]
+    fitted = fits(report)
+    for c, f in fitted.items():
+        lines.append(f"- no fit of the {c} allreduce: {f}" if isinstance(f, str) else
+                     f"- fit of the {c} allreduce on loopback: alpha = {f[0] * 1e6:.0f} us per ring step, "
+                     f"bandwidth = {f[1] / 1e9:.2f} GB/s")
+    good = {c: f for c, f in fitted.items() if not isinstance(f, str)}
+    measured_alpha = alpha_s if alpha_s is not None else good.get("gloo", good.get("mpi", (None,)))[0]
     c_bench = compute_s_per_step(report)
     if c_bench:
         lines.append(f"- compute per step, benchmark model (one process, batch {report['settings']['batch']}): "

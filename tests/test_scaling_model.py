@@ -126,3 +126,14 @@ def test_the_figures_quoted_in_the_docs():
     text = (ROOT / "docs" / "benchmarks.md").read_text()
     assert "77% scaling efficiency at 512 ranks on 25 Gb/s" in text and "91% on 100 Gb/s" in text
     assert "lifts 25 Gb/s to 96%" in text
+
+
+def test_a_noisy_microbenchmark_gives_no_fit_but_no_crash():
+    report, _, _ = _report()
+    report["allreduce"]["mpi"] = {"size": 2, "rows": [{"bytes": 4096, "latency_ms": 12.0},
+                                                      {"bytes": 262144, "latency_ms": 2.0}]}
+    report["summary"]["nosync@mpi"] = report["summary"]["nosync@gloo"]
+    f = sm.fits(report)
+    assert isinstance(f["gloo"], tuple) and f["mpi"].startswith("latency does not grow")
+    assert [r["controller"] for r in sm.two_rank_check(report)] == ["gloo", "gloo"]
+    assert "- no fit of the mpi allreduce: latency does not grow with message size" in sm.render(report)

@@ -27,6 +27,7 @@ import ast
 import importlib.util
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import threading
@@ -92,6 +93,14 @@ def run(payload: bytes, context: dict, np_: int, timeout: Optional[float], shown
             stop_session(spark)
     if "error" in outcome:
         err = outcome["error"]
+        # A rank process that died without a report: Horovod's runner names it "Process name: <rank>".
+        dead = re.search(r"Process name: (\d+)\s+Exit code: (-?\d+)", str(err))
+        if dead:
+            rank = int(dead.group(1))
+            raise LaunchError(
+                f"rank {rank} of {np_} exited with status {dead.group(2)} without reporting an error (it was killed, "
+                "ran out of memory, called os._exit, or crashed in native code); its output is above", rank=rank,
+            ) from err
         raise LaunchError(f"horovod.spark.run failed before the ranks reported: {type(err).__name__}: {err}") from err
     return results_from(outcome["reports"], np_)
 
@@ -114,7 +123,7 @@ def _start_session(SparkSession, np_: int):
     os.environ["PYSPARK_PYTHON"] = previous or sys.executable
     try:
         return (SparkSession.builder.master(f"local[{np_}]").appName("hvdagent.launch")
-                .config("spark.ui.enabled", "false").getOrCreate())
+                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
     finally:
         if previous is None:
             del os.environ["PYSPARK_PYTHON"]

@@ -194,7 +194,7 @@ class TestSpark:
         since = time.time()
         os.environ["PYSPARK_PYTHON"] = sys.executable
         spark = (SparkSession.builder.master("local[2]").appName("hvdagent-tests")
-                 .config("spark.ui.enabled", "false").getOrCreate())
+                 .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
         yield spark
         from hvdagent._launch_spark import stop_session
 

@@ -70,10 +70,11 @@ def launch(
     the workers (by cloudpickle), and Keras models, ``tf.data`` pipelines,
     locks or open files either cannot travel or would arrive as copies.
 
-    The workers run with the caller's environment and working directory,
+    Local workers run with the caller's environment and working directory,
     minus every ``HOROVOD_*`` variable (a Horovod initialised in the caller
     must not leak into the job; pass Horovod settings through ``env``), plus
-    ``env``. Their output is unbuffered. Interrupting the caller (``Ctrl-C``,
+    ``env``; Ray and Spark workers run with the environment their engine
+    gives them, plus ``env``. Their output is unbuffered. Interrupting the caller (``Ctrl-C``,
     a notebook's stop button) stops every rank before the
     ``KeyboardInterrupt`` propagates.
 

@@ -24,6 +24,7 @@ over:
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import multiprocessing
 import os
@@ -166,7 +167,7 @@ def _check_packages() -> None:
             'pip install "hvdagent[spark]" (tested: pyspark 4.3.0, pyarrow 26.0.1, fsspec; Java 17)'
         )
     try:
-        import pyarrow  # noqa: F401
+        importlib.import_module("pyarrow")
     except Exception as err:  # noqa: BLE001 (an ABI mismatch raises more than ImportError)
         raise ImportError(
             f"`import horovod.spark` needs pyarrow, and pyarrow does not load here ({type(err).__name__}: {err}). "
@@ -184,22 +185,24 @@ def _check_slots(sc, np_: int) -> None:
         )
 
 
-def _probe(_):
-    import importlib.util as util
-    import sys as worker_sys
-
-    yield worker_sys.executable, [m for m in ("horovod", "hvdagent", "cloudpickle") if util.find_spec(m) is None]
-
-
 def _check_workers_python(sc) -> None:
     """One tiny task: can the executors' Python import what the ranks need?"""
-    (executable, missing), = sc.parallelize([0], 1).mapPartitions(_probe).collect()
+
+    def probe(_):  # nested, so that it travels by value: the worker need not import hvdagent to run it
+        import importlib.util as util
+        import sys as worker_sys
+
+        yield worker_sys.executable, [m for m in ("horovod", "hvdagent", "cloudpickle") if util.find_spec(m) is None]
+
+    fix = (f"Point them at an environment that has hvdagent and Horovod: set PYSPARK_PYTHON={sys.executable} "
+           "(or the spark.pyspark.python setting) before the SparkSession starts")
+    try:
+        (executable, missing), = sc.parallelize([0], 1).mapPartitions(probe).collect()
+    except Exception as err:  # noqa: BLE001 (Py4JJavaError: the Python worker did not start)
+        raise RuntimeError(f"Spark's Python workers ({sc.pythonExec}) failed to run a one-line probe. {fix}. "
+                           f"Spark said: {str(err)[:2000]}") from err
     if missing:
-        raise RuntimeError(
-            f"Spark's Python workers run {executable}, which cannot import {', '.join(missing)}. Point them at an "
-            f"environment that has hvdagent and Horovod: set PYSPARK_PYTHON={sys.executable} (or the "
-            "spark.pyspark.python setting) before the SparkSession starts"
-        )
+        raise RuntimeError(f"Spark's Python workers run {executable}, which cannot import {', '.join(missing)}. {fix}")
 
 
 def _check_main_guard() -> None:

@@ -161,17 +161,20 @@ def _check_failure(engine, tmp_path):
 
 # --- Ray ------------------------------------------------------------------------------
 
-@pytest.mark.ray
-class TestRay:
-    @pytest.fixture(scope="class", autouse=True)
-    def ray_cluster(self):
-        ray = pytest.importorskip("ray")  # the ray extra; ci/setup.sh installs it
-        since = time.time()
-        ray.init(num_cpus=2, include_dashboard=False)
-        yield ray
-        ray.shutdown()
-        assert _left_running(since) == []
+@pytest.fixture(scope="class")
+def ray_cluster():
+    """A local Ray with 2 CPUs, started as a user would; nothing of it may outlive the class."""
+    ray = pytest.importorskip("ray")  # the ray extra; ci/setup.sh installs it
+    since = time.time()
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+    assert _left_running(since) == []
 
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_cluster")
+class TestRay:
     @pytest.mark.timeout(LAUNCH_TIMEOUT_S + 300)
     def test_trains_identical_replicas_with_exact_metrics(self, ray_cluster):
         _check_training("ray")
@@ -184,24 +187,27 @@ class TestRay:
 
 # --- Spark ----------------------------------------------------------------------------
 
+@pytest.fixture(scope="class")
+def spark_session():
+    """A local[2] SparkSession whose workers run this interpreter; nothing of it may outlive the class."""
+    pytest.importorskip("pyspark")  # the spark extra; ci/setup.sh installs it
+    from pyspark.sql import SparkSession
+
+    from hvdagent._launch_spark import stop_session
+
+    since = time.time()
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    spark = (SparkSession.builder.master("local[2]").appName("hvdagent-tests")
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
+    yield spark
+    stop_session(spark)  # the session and pyspark's Java process
+    del os.environ["PYSPARK_PYTHON"]
+    assert _left_running(since) == []
+
+
 @pytest.mark.spark
+@pytest.mark.usefixtures("spark_session")
 class TestSpark:
-    @pytest.fixture(scope="class", autouse=True)
-    def spark_session(self):
-        pytest.importorskip("pyspark")  # the spark extra; ci/setup.sh installs it
-        from pyspark.sql import SparkSession
-
-        since = time.time()
-        os.environ["PYSPARK_PYTHON"] = sys.executable
-        spark = (SparkSession.builder.master("local[2]").appName("hvdagent-tests")
-                 .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
-        yield spark
-        from hvdagent._launch_spark import stop_session
-
-        stop_session(spark)
-        del os.environ["PYSPARK_PYTHON"]
-        assert _left_running(since) == []
-
     @pytest.mark.timeout(LAUNCH_TIMEOUT_S + 300)
     def test_trains_identical_replicas_with_exact_metrics(self, spark_session):
         _check_training("spark")

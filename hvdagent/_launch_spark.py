@@ -18,7 +18,8 @@ over:
   script; a script that calls launch without an ``if __name__ ==
   "__main__":`` guard would start a second job in that child. Such a call is
   refused before anything starts.
-* **timeout and Ctrl-C**: the Spark job group of the run is cancelled.
+* **timeout**: the Spark job group of the run is cancelled; Horovod's
+  runner handles Ctrl-C itself, and the caller's signal handlers are restored.
 """
 
 from __future__ import annotations
@@ -30,17 +31,13 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
-import time
 from typing import Any, Dict, List, Optional
 
 from hvdagent import _hvd
 from hvdagent._launch_errors import LaunchError, LaunchTimeoutError, results_from
-
-_JOIN_S = 0.5
-_CANCEL_GRACE_S = 60
-
 
 def run(payload: bytes, context: dict, np_: int, timeout: Optional[float], shown: List[int],
         env: Dict[str, str], verbose: bool) -> List[Any]:
@@ -60,35 +57,8 @@ def run(payload: bytes, context: dict, np_: int, timeout: Optional[float], shown
         sc = spark.sparkContext
         _check_slots(sc, np_)
         _check_workers_python(sc)
-        group = _hvd.spark_next_job_group()
-        outcome: Dict[str, Any] = {}
-        context = dict(context, env={"PYTHONUNBUFFERED": "1", **env})
-
-        def target():
-            try:
-                outcome["reports"] = spark_run(
-                    _launch_worker.call, args=(payload, context, shown), num_proc=np_, use_gloo=True,
-                    start_timeout=int(min(timeout or 600, 600)), verbose=1 if verbose else 0,
-                    stdout=sys.stdout, stderr=sys.stderr,
-                )
-            except BaseException as err:  # noqa: BLE001 (reported to the caller's thread below)
-                outcome["error"] = err
-
-        thread = threading.Thread(target=target, name="hvdagent-spark-run", daemon=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        thread.start()
-        try:
-            while thread.is_alive():
-                thread.join(_JOIN_S)
-                if deadline is not None and time.monotonic() > deadline:
-                    _cancel(sc, group, thread)
-                    raise LaunchTimeoutError(
-                        f"hvdagent.launch timed out after {timeout:g}s; all {np_} ranks were stopped. "
-                        "Raise timeout= if the job needs longer."
-                    )
-        except KeyboardInterrupt:
-            _cancel(sc, group, thread)
-            raise
+        outcome = _run_in_main_thread(spark_run, sc, np_, timeout, verbose, _launch_worker.call,
+                                      (payload, dict(context, env={"PYTHONUNBUFFERED": "1", **env}), shown))
     finally:
         if owned:
             stop_session(spark)
@@ -106,10 +76,47 @@ def run(payload: bytes, context: dict, np_: int, timeout: Optional[float], shown
     return results_from(outcome["reports"], np_)
 
 
-def _cancel(sc, group: str, thread: threading.Thread) -> None:
-    """Cancel the run's Spark jobs (their tasks and the rank processes end with them)."""
-    sc.cancelJobGroup(group)
-    thread.join(_CANCEL_GRACE_S)
+def _run_in_main_thread(spark_run, sc, np_: int, timeout: Optional[float], verbose: bool, fn, args) -> dict:
+    """``horovod.spark.run`` in this (the main) thread, with a deadline; the caller's signal handlers kept.
+
+    Horovod's runner installs SIGINT/SIGTERM handlers (so it must run in the
+    main thread) that abort the ranks on Ctrl-C, and leaves them installed;
+    the caller's handlers (a notebook kernel's interrupt) are put back after.
+    At the deadline a timer thread cancels the run's Spark job group, which
+    ends the tasks and the rank processes with them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError('hvdagent.launch(engine="spark") must be called from the main thread: Horovod\'s Spark '
+                           "runner installs signal handlers")
+    group = _hvd.spark_next_job_group()
+    timed_out = threading.Event()
+
+    def on_deadline():
+        timed_out.set()
+        sc.cancelJobGroup(group)
+
+    timer = threading.Timer(timeout, on_deadline) if timeout is not None else None
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    outcome: Dict[str, Any] = {}
+    try:
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        outcome["reports"] = spark_run(
+            fn, args=args, num_proc=np_, use_gloo=True, start_timeout=int(min(timeout or 600, 600)),
+            verbose=1 if verbose else 0, stdout=sys.stdout, stderr=sys.stderr,
+        )
+    except Exception as err:  # noqa: BLE001 (turned into a LaunchError by the caller)
+        outcome["error"] = err
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    if timed_out.is_set():
+        raise LaunchTimeoutError(f"hvdagent.launch timed out after {timeout:g}s; all {np_} ranks were stopped. "
+                                 "Raise timeout= if the job needs longer.")
+    return outcome
 
 
 def _start_session(SparkSession, np_: int):

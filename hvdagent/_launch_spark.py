@@ -105,6 +105,9 @@ def _run_in_main_thread(spark_run, sc, np_: int, timeout: Optional[float], verbo
         outcome["reports"] = spark_run(
             fn, args=args, num_proc=np_, use_gloo=True, start_timeout=int(min(timeout or 600, 600)),
             verbose=1 if verbose else 0, stdout=sys.stdout, stderr=sys.stderr,
+            # A local master runs every task here: loopback, rather than an interface search that can pick
+            # one the driver does not listen on. A cluster's interfaces are Horovod's to find.
+            nics={"lo"} if (sc.master or "").startswith("local") else None,
         )
     except Exception as err:  # noqa: BLE001 (turned into a LaunchError by the caller)
         outcome["error"] = err

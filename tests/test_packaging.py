@@ -100,6 +100,12 @@ def test_fresh_venv_installs_hvdagent_with_its_callbacks(tmp_path, editable, iso
         assert Path(found["CALLBACKS"]) == fresh_site / "hvdagent" / "callbacks" / "__init__.py", found
         assert (fresh_site / "hvdagent" / "py.typed").exists()
         assert not (fresh_site / "callbacks").exists()  # never a top-level `callbacks` package
+        # Every source module is in the wheel (a subpackage missing from pyproject.toml would not be).
+        def modules(base, skip=()):
+            return sorted(str(p.relative_to(base)) for p in base.rglob("*.py") if p.relative_to(base).parts[0] not in skip)
+
+        assert modules(fresh_site / "hvdagent", skip=("callbacks",)) == modules(src / "hvdagent")
+        assert modules(fresh_site / "hvdagent" / "callbacks") == modules(src / "callbacks")
     assert found["VERSION"] == version
     meta = _run([py, "-m", "pip", "show", "hvdagent"], cwd=neutral)
     assert f"Version: {version}" in meta

@@ -13,7 +13,8 @@
 #   HVDAGENT_FORCE_SETUP  set to 1 to redo every step
 #   HVDAGENT_ENGINES      set to 0 to leave out the cluster engines (the ray and
 #                         spark extras and Java), which only the tests marked
-#                         `ray` and `spark` need (default: 1, what CI runs)
+#                         `ray` and `spark` need (default: 1, what CI runs; with 0,
+#                         run the tests as ci/test.sh -m "not ray and not spark")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -25,7 +25,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
 NOTEBOOK_BUDGET_S = 180  # the limit per notebook on a 2-core CPU
 # 05_clusters starts a local Ray and a local Spark (a JVM) besides its three launches.
-BUDGETS_S = {"05_clusters": 360}
+BUDGETS_S = {"05_clusters": 600}
 # Notebooks that need a cluster engine carry its marker, so `-m "not ray and not spark"` leaves them out.
 ENGINE_MARKS = {"05_clusters": [pytest.mark.ray, pytest.mark.spark]}
 RUNS = [pytest.param(p, id=p.stem, marks=ENGINE_MARKS.get(p.stem, [])) for p in NOTEBOOKS]

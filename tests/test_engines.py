@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import hvdagent
-from hvdagent import LaunchError
+from hvdagent import LaunchError, LaunchTimeoutError
 
 ROOT_PID = os.getpid()
 # Command-line fragments of every process Ray, Spark or a launch starts.
@@ -110,6 +110,12 @@ def fail_on_rank_1(folder):
     time.sleep(600)
 
 
+def sleep_forever(folder):
+    with open(os.path.join(folder, f"pid-{os.environ['HOROVOD_RANK']}"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(900)
+
+
 # --- the checks, the same for every engine ---------------------------------------------
 
 def _check_training(engine):
@@ -159,6 +165,18 @@ def _check_failure(engine, tmp_path):
         time.sleep(1)
 
 
+def _check_timeout(engine, tmp_path, timeout=150):
+    t0 = time.monotonic()
+    with pytest.raises(LaunchTimeoutError, match=rf"timed out after {timeout}s; all 2 ranks were stopped"):
+        hvdagent.launch(sleep_forever, np=2, args=(str(tmp_path),), engine=engine, timeout=timeout)
+    assert time.monotonic() - t0 < timeout + 120
+    pids = [int((tmp_path / f"pid-{r}").read_text()) for r in range(2)]  # both ranks were running...
+    end = time.monotonic() + 60
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        assert time.monotonic() < end, f"rank processes {pids} still running 60 s after the timeout"
+        time.sleep(1)
+
+
 # --- Ray ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="class")
@@ -183,6 +201,10 @@ class TestRay:
     @pytest.mark.timeout(LAUNCH_TIMEOUT_S + 300)
     def test_failing_rank_is_named_and_stopped(self, tmp_path):
         _check_failure("ray", tmp_path)
+
+    @pytest.mark.timeout(600)
+    def test_timeout_stops_every_rank(self, tmp_path):
+        _check_timeout("ray", tmp_path)
 
 
 # --- Spark ----------------------------------------------------------------------------
@@ -216,6 +238,10 @@ class TestSpark:
     @pytest.mark.timeout(LAUNCH_TIMEOUT_S + 300)
     def test_failing_rank_is_named_and_stopped(self, tmp_path):
         _check_failure("spark", tmp_path)
+
+    @pytest.mark.timeout(600)
+    def test_timeout_stops_every_rank(self, tmp_path):
+        _check_timeout("spark", tmp_path)
 
     def test_refuses_too_few_slots(self):
         with pytest.raises(ValueError, match=r"np=3 ranks need 3 Spark task slots.*local\[2\]"):

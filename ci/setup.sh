@@ -11,6 +11,10 @@
 #   HVDAGENT_WHEEL_CACHE  where built Horovod wheels are kept
 #                         (default: ${XDG_CACHE_HOME:-~/.cache}/hvdagent/wheels)
 #   HVDAGENT_FORCE_SETUP  set to 1 to redo every step
+#   HVDAGENT_ENGINES      set to 0 to leave out the cluster engines (the ray and
+#                         spark extras and Java), which only the tests marked
+#                         `ray` and `spark` need (default: 1, what CI runs; with 0,
+#                         run the tests as ci/test.sh -m "not ray and not spark")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +33,9 @@ HVD_VERSION=$(pin horovod)
 [ -n "$TF_VERSION" ] && [ -n "$HVD_VERSION" ] || die "could not read the TensorFlow/Horovod pins from $CONSTRAINTS"
 
 # --- fast path: nothing that setup depends on changed since the last success
-STAMP_KEY=$(cat ci/setup.sh "$CONSTRAINTS" setup.py | sha256sum | cut -c1-16)
+ENGINES=${HVDAGENT_ENGINES:-1}
+case "$ENGINES" in 0|1) ;; *) die "HVDAGENT_ENGINES must be 0 or 1. Received: HVDAGENT_ENGINES=$ENGINES";; esac
+STAMP_KEY=$( (cat ci/setup.sh "$CONSTRAINTS" pyproject.toml; echo "engines=$ENGINES") | sha256sum | cut -c1-16)
 STAMP=$VENV/.hvdagent-setup-$STAMP_KEY
 if [ "${HVDAGENT_FORCE_SETUP:-0}" != 1 ] && [ -f "$STAMP" ] \
    && "$PY" -c 'import horovod.tensorflow, hvdagent' >/dev/null 2>&1; then
@@ -38,8 +44,9 @@ if [ "${HVDAGENT_FORCE_SETUP:-0}" != 1 ] && [ -f "$STAMP" ] \
 fi
 START=$(date +%s)
 
-# --- 1. Debian packages needed to build Horovod -----------------------------
+# --- 1. Debian packages needed to build Horovod (and Java for Spark) --------
 APT_PKGS="cmake g++ make libhighwayhash-dev libfarmhash-dev libopenmpi-dev openmpi-bin"
+[ "$ENGINES" = 1 ] && APT_PKGS="$APT_PKGS openjdk-17-jre-headless"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -64,10 +71,12 @@ if [ ! -x "$PY" ]; then
   say "creating virtual environment $VENV"
   python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
 fi
-say "installing the pinned TensorFlow/Keras stack, hvdagent (editable) and its test/notebook extras (pip)"
+EXTRAS=test,notebooks
+[ "$ENGINES" = 1 ] && EXTRAS=$EXTRAS,ray,spark
+say "installing the pinned TensorFlow/Keras stack, hvdagent (editable) and its extras [$EXTRAS] (pip)"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip wheel 'setuptools<81'
 "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" \
-  "tensorflow==$TF_VERSION" keras tf-keras 'cmake<4' -e "$ROOT[test,notebooks]"
+  "tensorflow==$TF_VERSION" keras tf-keras 'cmake<4' -e "$ROOT[$EXTRAS]"
 
 PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 TF_ACTUAL=$("$PY" -c 'import tensorflow as tf; print(tf.__version__)' 2>/dev/null) \

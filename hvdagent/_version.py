@@ -1,3 +1,3 @@
-"""The single source of hvdagent's version (read by setup.py)."""
+"""The single source of hvdagent's version (read by pyproject.toml)."""
 
 __version__ = "0.1.0"

@@ -183,6 +183,8 @@ def test_refuses_inside_a_rank_and_unsendable_functions_before_starting(monkeypa
         hvdagent.launch(3)
     with pytest.raises(TypeError, match=r"env must be a dict of str to str"):
         hvdagent.launch(print, env={"A": 1})
+    with pytest.raises(ValueError, match=r"engine must be one of 'local', 'ray', 'spark'\. Received: engine='mpi'"):
+        hvdagent.launch(print, engine="mpi")
     monkeypatch.setenv("HOROVOD_RANK", "0")
     with pytest.raises(RuntimeError, match=r"inside a process that is itself a launched rank \(HOROVOD_RANK=0\)"):
         hvdagent.launch(print)

@@ -75,3 +75,37 @@ def test_mnist_mlp_reads_a_local_npz_and_explains_a_missing_one(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "nope.npz" in proc.stderr and "mnist.npz" in proc.stderr and "https://" in proc.stderr
+
+
+def _cluster_section():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Ray and Spark", 1)[1].split("\n## ", 1)[0]
+    script = re.search(r"A script, `train_cluster.py`:\n\n```python\n(.*?)```", section, re.S).group(1)
+    commands = re.findall(r"^\.venv/bin/python train_cluster\.py (\w+)", section, re.M)
+    return script, commands
+
+
+def test_readme_cluster_section_runs_each_engine_once():
+    assert _cluster_section()[1] == ["ray", "spark"]
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("engine", [pytest.param("ray", marks=pytest.mark.ray),
+                                    pytest.param("spark", marks=pytest.mark.spark)])
+def test_readme_cluster_example_starts_trains_and_stops_the_engine(tmp_path, engine):
+    """The README's command, as a user runs it: launch starts a local Ray / Spark, trains, stops it."""
+    from test_engines import _left_running
+
+    import time
+
+    script, _ = _cluster_section()
+    (tmp_path / "train_cluster.py").write_text(script)
+    since = time.time()
+    out = _run_python(["train_cluster.py", engine], cwd=tmp_path, timeout=1100,
+                      env={"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    found = re.search(r"^(\w+) rank 0: (\{.*?\}) rank 1: (\{.*?\})$", out, re.M)
+    assert found, out[-3000:]
+    assert found.group(1) == engine
+    assert found.group(2) == found.group(3)  # the same exact global metrics on both ranks
+    assert eval(found.group(2))["accuracy"] > 0.9, found.group(0)  # noqa: S307 (a dict of floats we printed)
+    assert _left_running(since) == []

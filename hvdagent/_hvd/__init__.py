@@ -195,3 +195,9 @@ def barrier() -> None:
 # (Horovod's runner and elastic modules; imported lazily by _runner.)
 
 from hvdagent._hvd._runner import elastic_run, kv_get, kv_put, make_elastic_state, probe  # noqa: E402,F401
+
+
+# --- cluster engines: hvdagent.launch(engine="ray" | "spark") -----------------
+# (Horovod's Ray and Spark runners; imported lazily by _engines.)
+
+from hvdagent._hvd._engines import ray_executor, spark_next_job_group, spark_run  # noqa: E402,F401

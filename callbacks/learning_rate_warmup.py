@@ -1,73 +1,80 @@
-"""``LearningRateWarmupCallback``: ramp the learning rate up to ``size`` times."""
+"""``LearningRateWarmupCallback``: Horovod's gradual learning-rate warm-up."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-from hvdagent import _hvd, _lr
+from hvdagent import _compat, _hvd
 
-from ._base import Callback
+from ._either_keras import optimizer_of
+from .learning_rate_schedule import LearningRateScheduleCallback, _check_number
 
 
-class LearningRateWarmupCallback(Callback):
-    """Ramp a float learning rate linearly from 1x to ``size``x over the first epochs.
+class LearningRateWarmupCallback(LearningRateScheduleCallback):
+    """Ramp the learning rate from ``initial_lr / size`` to ``initial_lr``.
 
-    The linear scaling rule (Goyal et al., 2017): a ``size`` times larger
-    global batch wants a ``size`` times larger learning rate, reached gradually
-    to avoid early divergence. The rate is updated before every batch of the
-    warm-up epochs, then left alone, so later callbacks (``ReduceLROnPlateau``)
-    keep control. ``DistributedAgent(scale_lr=True, warmup_epochs=N)`` adds it
-    for you. With a ``LearningRateSchedule`` the agent folds the ramp into the
-    schedule instead.
+    Horovod's ``hvd.callbacks.LearningRateWarmupCallback`` (Goyal et al.,
+    2017), with Horovod 0.28.1's meaning: ``initial_lr`` is the rate for the
+    whole job, already multiplied by the number of ranks (``lr * hvd.size()``,
+    as the optimizer was created with). Before every batch of the first
+    ``warmup_epochs`` epochs the rate is set to::
+
+        initial_lr / size * (epoch' * (size - 1) / warmup_epochs + 1)
+
+    with ``epoch' = epoch + (batch + 1) / steps_per_epoch``, so it starts just
+    above ``initial_lr / size`` and reaches exactly ``initial_lr`` at the last
+    batch of the warm-up; after that it is left alone (other callbacks, such
+    as ``ReduceLROnPlateau``, take over). The rate is added to the epoch logs
+    as ``lr``. Nothing else scales it: the end rate is ``initial_lr``.
+
+    With :class:`hvdagent.DistributedAgent`, use ``DistributedAgent(model,
+    scale_lr=True, warmup_epochs=N)`` instead: you give the single-process rate
+    and the agent scales and warms it up.
 
     Args:
-        warmup_epochs: epochs to reach the full rate (default 5); 0 scales at once.
-        steps_per_epoch: batches per epoch (default: read from ``fit``'s params).
-        verbose: log the rate at the end of warm-up on rank 0 (default 0).
+        initial_lr: the rate at the end of warm-up (required, > 0).
+        warmup_epochs: epochs of the warm-up (default 5).
+        momentum_correction: scale the momentum buffer of SGD with momentum
+            when the rate changes (default True).
+        steps_per_epoch: batches per epoch (default: read from ``fit``).
+        verbose: 1 prints the rate reached at the end of warm-up, on rank 0
+            (default 0).
 
-    Example: with 4 ranks, ``lr=0.01`` and ``warmup_epochs=2``, the rate is
-    0.01 at the first batch, 0.025 halfway through epoch 0, 0.025 + 0.015 = 0.04
-    at the end of warm-up, and stays 0.04.
+    Example: 2 ranks, ``initial_lr=0.002`` (``0.001 * size``),
+    ``warmup_epochs=2``, 10 steps per epoch: 0.00105 at the first batch,
+    0.0015 after epoch 1, 0.002 from the last batch of epoch 2 on.
 
         >>> from hvdagent.callbacks import LearningRateWarmupCallback
-        >>> cb = LearningRateWarmupCallback(warmup_epochs=2)
-        >>> LearningRateWarmupCallback(warmup_epochs=-1)
+        >>> cb = LearningRateWarmupCallback(initial_lr=0.002, warmup_epochs=2, steps_per_epoch=10)
+        >>> LearningRateWarmupCallback(initial_lr=0.002, warmup_epochs=-1)
         Traceback (most recent call last):
         ...
-        ValueError: warmup_epochs must be a number >= 0. Received: warmup_epochs=-1
+        ValueError: warmup_epochs must be a number > 0. Received: warmup_epochs=-1
     """
 
-    def __init__(self, warmup_epochs: float = 5, steps_per_epoch: Optional[int] = None, verbose: int = 0):
-        super().__init__()
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be a number >= 0. Received: warmup_epochs={warmup_epochs!r}")
-        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0):
-            raise ValueError(f"steps_per_epoch must be a positive integer or None. Received: steps_per_epoch={steps_per_epoch!r}")
+    def __init__(
+        self,
+        initial_lr: float,
+        warmup_epochs: float = 5,
+        momentum_correction: bool = True,
+        steps_per_epoch: Optional[int] = None,
+        verbose: int = 0,
+    ):
+        _check_number("warmup_epochs", warmup_epochs, strict=True)
+
+        def multiplier(epoch):
+            # As Horovod: shift by one batch so the rate is round at epoch ends.
+            epoch += 1.0 / self.steps_per_epoch
+            size = _hvd.size()
+            return 1.0 / size * (epoch * (size - 1) / warmup_epochs + 1)
+
+        super().__init__(initial_lr, multiplier, start_epoch=0, end_epoch=warmup_epochs, staircase=False,
+                         momentum_correction=momentum_correction, steps_per_epoch=steps_per_epoch)
         self.warmup_epochs = warmup_epochs
-        self.steps_per_epoch = steps_per_epoch
         self.verbose = verbose
-        self._epoch = 0
-        self._done = False
-
-    def _steps(self) -> int:
-        return self.steps_per_epoch or int((self.params or {}).get("steps") or 1)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._done:
-            return
-        progress = (self._epoch + batch / self._steps()) / self.warmup_epochs if self.warmup_epochs else 1.0
-        _lr.set_multiplier(self.model.optimizer, _lr.warmup_multiplier(progress, _hvd.size()))
-        if progress >= 1.0:
-            self._done = True
-            if self.verbose and _hvd.rank() == 0:
-                from hvdagent._logging import get_logger
-
-                get_logger(__name__).info("learning-rate warm-up done at epoch %d", self._epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._done and self.warmup_epochs and epoch + 1 >= self.warmup_epochs:
-            _lr.set_multiplier(self.model.optimizer, float(_hvd.size()))
-            self._done = True
+        super().on_epoch_end(epoch, logs)
+        if epoch == self.end_epoch - 1 and self.verbose > 0 and _hvd.rank() == 0:
+            rate = _compat.get_lr(optimizer_of(self.model))
+            print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to {rate:g}.", flush=True)

@@ -10,7 +10,7 @@ import numpy as np
 
 from hvdagent import _compat, _hvd, _lr, _metrics, _data
 from hvdagent._logging import get_logger
-from hvdagent._optimizer import DistributedOptimizer, _validate_options, inner_of, is_distributed
+from hvdagent._optimizer import _validate_options, distribute, inner_of, is_distributed
 
 __all__ = ["DistributedAgent"]
 
@@ -124,7 +124,7 @@ class DistributedAgent:
                 f"agent.compile, the agent distributes it. Received: optimizer={type(optimizer).__name__}"
             )
         opt = _compat.get_optimizer(optimizer, self._gen)
-        dist = DistributedOptimizer(opt, **self._options)
+        dist = distribute(opt, **self._options)
         self.model.compile(optimizer=dist, loss=loss, metrics=metrics, **kwargs)
         self._install()
 
@@ -136,7 +136,7 @@ class DistributedAgent:
                 "plain optimizer and let the agent distribute it. "
                 f"Received: model.optimizer={type(self.model.optimizer).__name__}"
             )
-        self.model.optimizer = DistributedOptimizer(self.model.optimizer, **self._options)
+        self.model.optimizer = distribute(self.model.optimizer, **self._options)
         self._install()
 
     def _install(self) -> None:

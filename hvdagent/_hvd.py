@@ -443,3 +443,112 @@ def elastic_run(func):
         hvd.init()
 
     return run_fn(wrapper, reset)
+
+
+# --- Horovod's Keras API (hvdagent top level, hvdagent.elastic) ----------------
+# Used by hvdagent/_horovod_api.py and hvdagent/elastic.py only: the names of
+# `horovod.tensorflow.keras` that hvdagent offers with Horovod's meaning.
+
+
+def _api_module():
+    """``horovod.tensorflow``, initialised (``init`` raises the helpful error)."""
+    init()
+    import horovod.tensorflow as hvd_tf
+
+    return hvd_tf
+
+
+def cross_rank() -> int:
+    """This machine's index among the machines of the job."""
+    return int(_api_module().cross_rank())
+
+
+def cross_size() -> int:
+    """The number of machines in the job."""
+    return int(_api_module().cross_size())
+
+
+def built(what: str) -> bool:
+    """Whether Horovod was built with ``what``: "mpi", "gloo" or "nccl"."""
+    return bool(getattr(_api_module(), f"{what}_built")())
+
+
+def enabled(what: str) -> bool:
+    """Whether this job runs on ``what``'s controller: "mpi" or "gloo"."""
+    return bool(getattr(_api_module(), f"{what}_enabled")())
+
+
+def allgather_tensor(value, name: Optional[str] = None):
+    """Concatenate every rank's tensor along the first axis, in rank order."""
+    import tensorflow as tf
+
+    tensor = tf.convert_to_tensor(value)
+    if size() == 1:
+        return tensor
+    with _waiting(name or "allgather"):
+        return _api_module().allgather(tensor, name=name)
+
+
+def broadcast_tensor(value, root_rank: int, name: Optional[str] = None):
+    """``root_rank``'s tensor on every rank."""
+    import tensorflow as tf
+
+    tensor = tf.convert_to_tensor(value)
+    if size() == 1:
+        return tensor
+    with _waiting(name or "broadcast"):
+        return _api_module().broadcast(tensor, root_rank=root_rank, name=name)
+
+
+def api_elastic_state(owner):
+    """A Horovod elastic ``State`` whose save/restore/sync/reset call ``owner``'s
+    ``_save``/``_restore``/``_sync``/``_reset`` (for :class:`hvdagent.elastic.KerasState`).
+
+    Defined here so that only this module imports Horovod.
+    """
+    from horovod.common.elastic import State
+
+    class _OwnerState(State):
+        def __init__(self):
+            super().__init__(bcast_object=broadcast_object, get_rank=rank)
+
+        def save(self):
+            owner._save()
+
+        def restore(self):
+            owner._restore()
+
+        def sync(self):
+            owner._sync()
+
+        def reset(self):
+            owner._reset()
+
+    return _OwnerState()
+
+
+def api_elastic_run(func):
+    """Horovod's elastic retry loop (``horovod.common.elastic.run_fn``) around ``func``.
+
+    A collective that fails because a worker went away surfaces from Keras as
+    a TensorFlow error naming Horovod; it becomes ``HorovodInternalError`` so
+    that the loop restores the last commit and re-forms the job.
+    """
+    import tensorflow as tf
+    from horovod.common.elastic import run_fn
+    from horovod.common.exceptions import HorovodInternalError
+
+    def wrapper(state, *args, **kwargs):
+        try:
+            return func(state, *args, **kwargs)
+        except (tf.errors.UnknownError, tf.errors.InternalError, tf.errors.AbortedError) as err:
+            if "Horovod" in str(err):
+                raise HorovodInternalError(err) from err
+            raise
+
+    def reset():
+        hvd_tf = _api_module()
+        hvd_tf.shutdown()
+        hvd_tf.init()
+
+    return run_fn(wrapper, reset)

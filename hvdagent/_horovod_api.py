@@ -1,0 +1,469 @@
+"""Horovod's ``horovod.tensorflow.keras`` names, with Horovod 0.28.1's meaning.
+
+``import hvdagent as hvd`` in place of ``import horovod.tensorflow.keras as
+hvd`` keeps a Horovod Keras script working on Keras 3 and tf_keras. This
+module holds what has no other home: the reduction ops and compressors, the
+argument normalisation of :func:`hvdagent.DistributedOptimizer`, the process
+queries Horovod adds to ``rank``/``size``, the eager collectives and
+``load_model``. Everything reaches Horovod through the seam (``_hvd``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional
+
+from hvdagent import _compat, _hvd
+
+__all__ = [
+    "Average",
+    "Sum",
+    "Adasum",
+    "Compression",
+    "is_initialized",
+    "shutdown",
+    "cross_rank",
+    "cross_size",
+    "mpi_built",
+    "gloo_built",
+    "nccl_built",
+    "mpi_enabled",
+    "gloo_enabled",
+    "allreduce",
+    "allgather",
+    "broadcast",
+    "broadcast_object",
+    "allgather_object",
+    "broadcast_variables",
+    "broadcast_global_variables",
+    "load_model",
+]
+
+# --- reduction ops ---------------------------------------------------------------
+# Horovod's are integers; hvdagent's are the strings its own API always took,
+# so ``op=hvd.Average`` and ``op="average"`` are the same thing.
+Average = "average"
+Sum = "sum"
+Adasum = "adasum"
+_OPS = {Average: Average, Sum: Sum, Adasum: Adasum}
+
+
+# --- compression -------------------------------------------------------------------
+
+
+class _Compressor:
+    """Horovod's compressor interface (``compress`` / ``decompress``)."""
+
+    wire: Optional[str] = None  # what hvdagent's allreduce is told
+
+    @staticmethod
+    def compress(tensor):
+        return tensor, None
+
+    @staticmethod
+    def decompress(tensor, ctx):
+        return tensor
+
+
+class _CastCompressor(_Compressor):
+    dtype_name = "float16"
+
+    @classmethod
+    def compress(cls, tensor):
+        import tensorflow as tf
+
+        if tensor.dtype.is_floating:
+            return tf.cast(tensor, cls.dtype_name), tensor.dtype
+        return tensor, None
+
+    @staticmethod
+    def decompress(tensor, ctx):
+        import tensorflow as tf
+
+        return tf.cast(tensor, ctx) if ctx is not None else tensor
+
+
+class NoneCompressor(_Compressor):
+    """Gradients travel in their own type (the default)."""
+
+
+class FP16Compressor(_CastCompressor):
+    """Floating gradients travel as float16."""
+
+    wire = "fp16"
+
+
+class BF16Compressor(_CastCompressor):
+    """Floating gradients travel as bfloat16 and are summed in float32 (hvdagent's own)."""
+
+    wire = "bf16"
+    dtype_name = "bfloat16"
+
+
+class Compression:
+    """Gradient compression for :func:`hvdagent.DistributedOptimizer` and :func:`allreduce`.
+
+    ``Compression.none`` (default), ``Compression.fp16`` (as in Horovod) and
+    ``Compression.bf16`` (hvdagent's: bfloat16 on the wire, float32 sums).
+    The strings ``None``, ``"fp16"`` and ``"bf16"`` mean the same.
+
+    Example:
+        >>> import hvdagent as hvd
+        >>> hvd.Compression.fp16.wire, hvd.Compression.none.wire
+        ('fp16', None)
+    """
+
+    none = NoneCompressor
+    fp16 = FP16Compressor
+    bf16 = BF16Compressor
+
+
+_HOROVOD_COMPRESSORS = {"NoneCompressor": None, "FP16Compressor": "fp16"}
+
+
+def compression_name(compression: Any) -> Optional[str]:
+    """``Compression.x``, ``None``, ``"fp16"`` or ``"bf16"`` -> hvdagent's string form."""
+    if compression is None or compression in ("fp16", "bf16"):
+        return compression
+    if isinstance(compression, type) and issubclass(compression, _Compressor):
+        return compression.wire
+    # Horovod's own Compression.none / .fp16 (classes of horovod.tensorflow.compression).
+    name = getattr(compression, "__name__", None)
+    module = getattr(compression, "__module__", "") or ""
+    if module.startswith("horovod.") and name in _HOROVOD_COMPRESSORS:
+        return _HOROVOD_COMPRESSORS[name]
+    raise ValueError(
+        "compression must be hvdagent.Compression.none, .fp16 or .bf16 (or None, 'fp16', 'bf16'); "
+        f"custom compressors are not supported. Received: compression={compression!r}"
+    )
+
+
+def op_name(op: Any, average: Optional[bool] = None, default: str = Average) -> str:
+    """``hvd.Average``/``Sum``/``Adasum`` or their strings (and Horovod's
+    deprecated ``average=``) -> hvdagent's string form."""
+    if average is not None:
+        if op is not None:
+            raise ValueError(f"pass op or the deprecated average, not both. Received: op={op!r}, average={average!r}")
+        return Average if average else Sum
+    if op is None:
+        return default
+    if isinstance(op, str) and op in _OPS:
+        return op
+    raise ValueError(f"op must be hvdagent.Average, Sum or Adasum (or 'average', 'sum', 'adasum'). Received: op={op!r}")
+
+
+# --- DistributedOptimizer arguments -----------------------------------------------
+
+
+def optimizer_options(
+    *,
+    name,
+    device_dense,
+    device_sparse,
+    compression,
+    sparse_as_dense,
+    gradient_predivide_factor,
+    op,
+    backward_passes_per_step,
+    average_aggregated_gradients,
+    num_groups,
+    groups,
+    process_set,
+    scale_local_gradients,
+) -> dict:
+    """Check Horovod's ``DistributedOptimizer`` arguments; return hvdagent's options.
+
+    Returns ``name`` plus the keyword arguments of the internal creation path
+    (``op``, ``compression``, ``backward_passes_per_step``, ``sparse_as_dense``,
+    ``gradient_predivide_factor``). What hvdagent cannot honour is an error
+    naming the argument, never a silent fallback.
+    """
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string or None. Received: name={name!r}")
+    for arg, value in (("device_dense", device_dense), ("device_sparse", device_sparse)):
+        if value not in ("", None):
+            raise ValueError(
+                f"{arg} is not supported: hvdagent reduces gradients where TensorFlow placed them "
+                f"(Horovod's CPU or GPU operations, as built). Leave it ''. Received: {arg}={value!r}"
+            )
+    if groups is None and num_groups not in (0, None):
+        groups = num_groups
+    if groups not in (None, 0):
+        raise ValueError(
+            "explicit gradient groups are not supported: hvdagent reduces all gradients of a step in one "
+            f"fused allreduce per dtype (the result is the same). Received: groups={groups!r}"
+            + (f", num_groups={num_groups!r}" if num_groups else "")
+        )
+    if process_set is not None and getattr(process_set, "process_set_id", None) != 0:
+        raise ValueError(
+            "process_set is not supported: gradients are reduced over all ranks (the global process set). "
+            f"Received: process_set={process_set!r}"
+        )
+    if not isinstance(scale_local_gradients, bool):
+        raise TypeError(f"scale_local_gradients must be a bool. Received: scale_local_gradients={scale_local_gradients!r}")
+    if not isinstance(average_aggregated_gradients, bool):
+        raise TypeError(
+            "average_aggregated_gradients must be a bool. "
+            f"Received: average_aggregated_gradients={average_aggregated_gradients!r}"
+        )
+    passes_given = isinstance(backward_passes_per_step, int) and not isinstance(backward_passes_per_step, bool)
+    if passes_given and backward_passes_per_step > 1 and not average_aggregated_gradients:
+        raise ValueError(
+            "backward_passes_per_step > 1 needs average_aggregated_gradients=True: hvdagent applies the mean of "
+            "the accumulated gradients (Horovod's default False applies their sum; with plain SGD that is the "
+            "mean at a learning rate backward_passes_per_step times larger). "
+            f"Received: backward_passes_per_step={backward_passes_per_step!r}, average_aggregated_gradients=False"
+        )
+    return {
+        "name": name,
+        "op": op_name(op),
+        "compression": compression_name(compression),
+        "backward_passes_per_step": backward_passes_per_step,
+        "sparse_as_dense": sparse_as_dense,
+        "gradient_predivide_factor": gradient_predivide_factor,
+    }
+
+
+# --- process queries --------------------------------------------------------------
+
+
+def is_initialized() -> bool:
+    """True once Horovod is initialised in this process (by :func:`hvdagent.init` or any call that needs it)."""
+    return _hvd.is_initialized()
+
+
+def shutdown() -> None:
+    """Shut Horovod down in this process (a later call initialises it again)."""
+    _hvd.shutdown()
+
+
+def cross_rank() -> int:
+    """This machine's index among the job's machines (0 on one machine)."""
+    return _hvd.cross_rank()
+
+
+def cross_size() -> int:
+    """The number of machines in the job (1 on one machine)."""
+    return _hvd.cross_size()
+
+
+def mpi_built() -> bool:
+    """Whether Horovod was built with MPI."""
+    return _hvd.built("mpi")
+
+
+def gloo_built() -> bool:
+    """Whether Horovod was built with Gloo."""
+    return _hvd.built("gloo")
+
+
+def nccl_built() -> bool:
+    """Whether Horovod was built with NCCL (GPU collectives)."""
+    return _hvd.built("nccl")
+
+
+def mpi_enabled() -> bool:
+    """Whether this job runs on MPI (``horovodrun --mpi``, ``mpirun``)."""
+    return _hvd.enabled("mpi")
+
+
+def gloo_enabled() -> bool:
+    """Whether this job runs on Gloo (``horovodrun --gloo``, or no launcher)."""
+    return _hvd.enabled("gloo")
+
+
+# --- eager collectives -------------------------------------------------------------
+
+
+def allreduce(
+    value: Any,
+    name: Optional[str] = None,
+    average: Optional[bool] = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    op: Any = None,
+    compression: Any = Compression.none,
+):
+    """Reduce a tensor-compatible value across ranks (Horovod's ``hvd.allreduce``).
+
+    Args:
+        value: a number, array or tensor, of the same shape on every rank.
+        name: the collective's name (default: Horovod numbers them).
+        average: deprecated in Horovod; ``True`` is ``op=Average``, ``False`` ``op=Sum``.
+        prescale_factor: multiply by this before the reduction (default 1.0).
+        postscale_factor: multiply by this after it (default 1.0).
+        op: ``Average`` (default), ``Sum`` or ``Adasum``.
+        compression: ``Compression.none`` (default), ``.fp16`` or ``.bf16``.
+
+    Returns:
+        A ``tf.Tensor``, the same on every rank.
+
+    Example:
+        >>> import hvdagent as hvd
+        >>> float(hvd.allreduce(3.0, op=hvd.Sum))   # one process: the value itself
+        3.0
+    """
+    import tensorflow as tf
+
+    op = op_name(op, average)
+    wire = compression_name(compression)
+    tensor = tf.convert_to_tensor(value)
+    if prescale_factor != 1.0:
+        tensor = tensor * tf.cast(prescale_factor, tensor.dtype)
+    out = _hvd.allreduce([tensor], op=op, compression=wire, name=name)[0]
+    if postscale_factor != 1.0:
+        out = out * tf.cast(postscale_factor, out.dtype)
+    return out
+
+
+def allgather(value: Any, name: Optional[str] = None):
+    """Concatenate every rank's value along the first axis, in rank order.
+
+    The first dimension may differ across ranks; the others must match.
+
+    Example:
+        >>> import hvdagent as hvd
+        >>> hvd.allgather([[1, 2]]).numpy().tolist()
+        [[1, 2]]
+    """
+    return _hvd.allgather_tensor(value, name=name)
+
+
+def broadcast(value: Any, root_rank: int, name: Optional[str] = None):
+    """``root_rank``'s value on every rank (as a ``tf.Tensor``).
+
+    Example:
+        >>> import hvdagent as hvd
+        >>> int(hvd.broadcast(7, root_rank=0))
+        7
+    """
+    _check_root_rank(root_rank)
+    return _hvd.broadcast_tensor(value, root_rank, name=name)
+
+
+def broadcast_object(obj: Any, root_rank: int = 0, session: Any = None, name: Optional[str] = None,
+                     process_set: Any = None) -> Any:
+    """``root_rank``'s picklable object on every rank.
+
+    ``session`` (TensorFlow 1) and ``process_set`` exist for Horovod's signature;
+    only their defaults are supported.
+
+    Example:
+        >>> import hvdagent as hvd
+        >>> hvd.broadcast_object({"epoch": 3})
+        {'epoch': 3}
+    """
+    _check_root_rank(root_rank)
+    _check_default("session", session)
+    _check_process_set(process_set)
+    return _hvd.broadcast_object(obj, root_rank=root_rank, name=name)
+
+
+def allgather_object(obj: Any, session: Any = None, name: Optional[str] = None, process_set: Any = None) -> List[Any]:
+    """The list of every rank's picklable object, in rank order.
+
+    Example:
+        >>> import hvdagent as hvd
+        >>> hvd.allgather_object("a")
+        ['a']
+    """
+    _check_default("session", session)
+    _check_process_set(process_set)
+    return _hvd.allgather_object(obj, name=name)
+
+
+def broadcast_variables(variables, root_rank: int = 0) -> None:
+    """Overwrite ``variables`` on every rank with ``root_rank``'s values
+    (``horovod.tensorflow.broadcast_variables``), for custom training loops.
+
+    Example:
+        >>> import keras, hvdagent as hvd
+        >>> v = keras.Variable([1.0, 2.0])
+        >>> hvd.broadcast_variables([v], root_rank=0)
+    """
+    _check_root_rank(root_rank)
+    _hvd.broadcast_variables(list(variables), root_rank=root_rank)
+
+
+def broadcast_global_variables(root_rank: int) -> None:
+    """Horovod's TensorFlow 1 broadcast of the global variable collection.
+
+    TensorFlow 2 and Keras 3 have no global variable collection, so this
+    raises, as Horovod does on TensorFlow 2, and says what to use instead.
+
+    Raises:
+        RuntimeError: always under eager execution (TensorFlow 2).
+    """
+    _check_root_rank(root_rank)
+    raise RuntimeError(
+        "broadcast_global_variables() has no meaning under eager execution (TensorFlow 2, Keras 3): there is no "
+        "global variable collection. Use hvdagent.callbacks.BroadcastGlobalVariablesCallback(root_rank) in "
+        "model.fit, or hvdagent.broadcast_variables(model.variables + optimizer.variables, root_rank) in a custom "
+        f"training loop. Received: root_rank={root_rank!r}"
+    )
+
+
+def _check_root_rank(root_rank) -> None:
+    if isinstance(root_rank, bool) or not isinstance(root_rank, int) or root_rank < 0:
+        raise ValueError(f"root_rank must be an integer >= 0. Received: root_rank={root_rank!r}")
+
+
+def _check_default(arg: str, value) -> None:
+    if value is not None:
+        raise ValueError(f"{arg} is a TensorFlow 1 argument that hvdagent does not support; leave it None. Received: {arg}={value!r}")
+
+
+def _check_process_set(process_set) -> None:
+    if process_set is not None and getattr(process_set, "process_set_id", None) != 0:
+        raise ValueError(f"process_set is not supported (every call spans all ranks). Received: process_set={process_set!r}")
+
+
+# --- load_model -------------------------------------------------------------------
+
+
+def load_model(filepath, custom_optimizers=None, custom_objects=None, compression: Any = Compression.none,
+               legacy_opts: bool = False):
+    """Load a saved Keras model and make its optimizer distributed (Horovod's ``hvd.load_model``).
+
+    The optimizer state in the file (slots, iterations, learning rate) is
+    kept, so training continues where it stopped. Which Keras reads the file
+    follows ``tf.keras`` in this process: Keras 3, or tf_keras under
+    ``TF_USE_LEGACY_KERAS=1``. A file that already holds an hvdagent
+    optimizer keeps it.
+
+    Args:
+        filepath: the saved model (``.keras``; ``.h5`` with tf_keras).
+        custom_optimizers: optimizer classes of your own that the file uses.
+        custom_objects: other custom classes or functions, by name.
+        compression: gradient compression of the new distributed optimizer.
+        legacy_opts: Horovod's switch for ``tf.keras.optimizers.legacy``;
+            tf_keras reads those without it (accepted, no effect).
+
+    Returns:
+        The compiled model; ``model.optimizer`` is distributed.
+
+    Raises:
+        TypeError: ``custom_optimizers`` is not a list of classes.
+        ValueError: the file holds no compiled optimizer.
+    """
+    from hvdagent._optimizer import DistributedOptimizer, is_distributed
+
+    objects = dict(custom_objects or {})
+    if custom_optimizers is not None:
+        if not isinstance(custom_optimizers, (list, tuple)) or not all(isinstance(c, type) for c in custom_optimizers):
+            raise TypeError(f"custom_optimizers must be a list of optimizer classes. Received: custom_optimizers={custom_optimizers!r}")
+        objects.update({cls.__name__: cls for cls in custom_optimizers})
+    if not isinstance(legacy_opts, bool):
+        raise TypeError(f"legacy_opts must be a bool. Received: legacy_opts={legacy_opts!r}")
+    wire = compression_name(compression)
+    keras_module = _compat.keras_module(_compat.active_generation())
+    model = keras_module.models.load_model(os.fspath(filepath), custom_objects=objects or None)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        raise ValueError(
+            "the saved model has no optimizer (it was saved uncompiled, or with include_optimizer=False); "
+            f"load it with keras.models.load_model and compile it. Received: filepath={os.fspath(filepath)!r}"
+        )
+    if not is_distributed(optimizer):
+        model.optimizer = DistributedOptimizer(optimizer, compression=wire)
+    return model

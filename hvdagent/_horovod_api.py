@@ -428,8 +428,9 @@ def load_model(filepath, custom_optimizers=None, custom_objects=None, compressio
     The optimizer state in the file (slots, iterations, learning rate) is
     kept, so training continues where it stopped. Which Keras reads the file
     follows ``tf.keras`` in this process: Keras 3, or tf_keras under
-    ``TF_USE_LEGACY_KERAS=1``. A file that already holds an hvdagent
-    optimizer keeps it.
+    ``TF_USE_LEGACY_KERAS=1``. A file that holds an hvdagent optimizer is
+    distributed anew with ``compression`` (its other options are Horovod's
+    defaults), as Horovod's ``load_model`` does.
 
     Args:
         filepath: the saved model (``.keras``; ``.h5`` with tf_keras).
@@ -456,7 +457,10 @@ def load_model(filepath, custom_optimizers=None, custom_objects=None, compressio
     if not isinstance(legacy_opts, bool):
         raise TypeError(f"legacy_opts must be a bool. Received: legacy_opts={legacy_opts!r}")
     wire = compression_name(compression)
-    keras_module = _compat.keras_module(_compat.active_generation())
+    gen = _compat.active_generation()
+    if gen == _compat.KERAS3:
+        import hvdagent._keras3_optimizer  # noqa: F401 (registers the class a file may name)
+    keras_module = _compat.keras_module(gen)
     model = keras_module.models.load_model(os.fspath(filepath), custom_objects=objects or None)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
@@ -464,6 +468,9 @@ def load_model(filepath, custom_optimizers=None, custom_objects=None, compressio
             "the saved model has no optimizer (it was saved uncompiled, or with include_optimizer=False); "
             f"load it with keras.models.load_model and compile it. Received: filepath={os.fspath(filepath)!r}"
         )
-    if not is_distributed(optimizer):
-        model.optimizer = DistributedOptimizer(optimizer, compression=wire)
+    if is_distributed(optimizer):
+        # A file written with an hvdagent optimizer: wrap its inner optimizer
+        # anew, as Horovod does, so that ``compression`` is the one asked for.
+        optimizer = optimizer.inner_optimizer
+    model.optimizer = DistributedOptimizer(optimizer, compression=wire)
     return model

@@ -132,7 +132,12 @@ class KerasState:
                 setattr(self, key, value)
 
     def _reset(self) -> None:
-        pass
+        # The job has a new size: Keras' compiled step functions were traced
+        # for the old one (at one rank they hold no collective), so have
+        # ``fit``/``evaluate``/``predict`` trace them again.
+        for attr in ("train_function", "test_function", "predict_function"):
+            if getattr(self.model, attr, None) is not None:
+                setattr(self.model, attr, None)
 
 
 def run(func: Callable) -> Callable:

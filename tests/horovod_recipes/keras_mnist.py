@@ -29,6 +29,7 @@ from _recipe_checks import digest, history_of, report
 
 EPOCHS, WARMUP_EPOCHS, BATCH = 4, 3, 32
 out_dir = sys.argv[1]
+os.makedirs(out_dir, exist_ok=True)
 keras3 = os.environ.get("TF_USE_LEGACY_KERAS") != "1"  # which Keras tf.keras is
 suffix = ".keras" if keras3 else ".h5"
 

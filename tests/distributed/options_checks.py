@@ -147,9 +147,9 @@ checks.record("batched_fit_updates", int(model.optimizer.iterations.numpy()))
 from hvdagent.callbacks import BroadcastGlobalVariablesCallback, LearningRateWarmupCallback, MetricAverageCallback  # noqa: E402
 
 model = mlp(seed=10 + rank)  # different starts: the broadcast must fix that
-model.compile(optimizer=hvdagent.DistributedOptimizer(keras.optimizers.SGD(0.01)), loss="mse", metrics=["mae"])
+model.compile(optimizer=hvdagent.DistributedOptimizer(keras.optimizers.SGD(0.01 * size)), loss="mse", metrics=["mae"])
 history = model.fit(x[rank::size], y[rank::size], batch_size=16, epochs=3, verbose=0, callbacks=[
-    BroadcastGlobalVariablesCallback(0), MetricAverageCallback(), LearningRateWarmupCallback(warmup_epochs=1)])
+    BroadcastGlobalVariablesCallback(0), MetricAverageCallback(), LearningRateWarmupCallback(initial_lr=0.01 * size, warmup_epochs=1)])
 checks.record("recipe_digest", weights_digest(model))
 checks.record("recipe_history", {k: [float(v) for v in vals] for k, vals in history.history.items()})
 checks.record("recipe_lr", float(np.asarray(model.optimizer.learning_rate)))

@@ -23,13 +23,6 @@ from hvdagent._horovod_api import (
     Average,
     Compression,
     Sum,
-    allgather,
-    allgather_object,
-    allreduce,
-    broadcast,
-    broadcast_global_variables,
-    broadcast_object,
-    broadcast_variables,
     cross_rank,
     cross_size,
     gloo_built,
@@ -40,6 +33,15 @@ from hvdagent._horovod_api import (
     mpi_enabled,
     nccl_built,
     shutdown,
+)
+from hvdagent._horovod_collectives import (
+    allgather,
+    allgather_object,
+    allreduce,
+    broadcast,
+    broadcast_global_variables,
+    broadcast_object,
+    broadcast_variables,
 )
 from hvdagent import callbacks, elastic  # noqa: E402 (hvd.callbacks, hvd.elastic right after import)
 

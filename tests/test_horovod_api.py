@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 import hvdagent as hvd
-from conftest import ROOT, horovodrun_cmd, run_horovod
+from conftest import horovodrun_cmd, run_horovod
 
 RECIPES = Path(__file__).resolve().parent / "horovod_recipes"
 

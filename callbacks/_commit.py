@@ -20,18 +20,27 @@ class Commit(Callback):
         offset: samples of the first epoch already done before this ``fit``.
     """
 
+    def __new__(cls, state=None, run=None, batches_per_commit: Optional[int] = None, **kwargs):
+        if cls is Commit and batches_per_commit:
+            cls = CommitEveryBatches  # only then a batch hook (which turns off Keras' async dispatch)
+        return super().__new__(cls)
+
     def __init__(self, state, run, batches_per_commit: Optional[int] = None, samples_per_batch: int = 0, offset: int = 0):
         super().__init__()
         self.state, self.run = state, run
         self.every, self.per_batch, self.offset = batches_per_commit, samples_per_batch, offset
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.every and (batch + 1) % self.every == 0:
-            self.run.samples = self.offset + (batch + 1) * self.per_batch
-            self.state.commit()
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.run.history.setdefault(key, []).append(value)
         self.run.epoch, self.run.samples, self.offset = epoch + 1, 0, 0
         self.state.commit()
+
+
+class CommitEveryBatches(Commit):
+    """:class:`Commit` that also commits every ``batches_per_commit`` batches."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every == 0:
+            self.run.samples = self.offset + (batch + 1) * self.per_batch
+            self.state.commit()

@@ -10,6 +10,7 @@ with Horovod's signatures, on Keras 3 and tf_keras.
 (1, 0, True)
 """
 
+from hvdagent import _data, _hvd
 from hvdagent._hvd import HorovodUnavailableError
 from hvdagent._version import __version__
 from hvdagent._agent import DistributedAgent
@@ -28,12 +29,12 @@ from hvdagent._horovod_api import (
     gloo_built,
     gloo_enabled,
     is_initialized,
-    load_model,
     mpi_built,
     mpi_enabled,
     nccl_built,
     shutdown,
 )
+from hvdagent._horovod_load import load_model
 from hvdagent._horovod_collectives import (
     allgather,
     allgather_object,
@@ -44,6 +45,11 @@ from hvdagent._horovod_collectives import (
     broadcast_variables,
 )
 from hvdagent import callbacks, elastic  # noqa: E402 (hvd.callbacks, hvd.elastic right after import)
+
+if _hvd.is_launched():
+    # Before the user's input pipelines exist: unseeded tf.data shuffles then
+    # iterate in the same order on every rank (see _data.align_random_seeds).
+    _data.align_random_seeds()
 
 __all__ = [
     "__version__",

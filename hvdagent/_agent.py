@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
-import types
-from typing import Any, List, Optional
+from typing import Any, Optional, Sequence
 
-import numpy as np
-
-from hvdagent import _compat, _hvd, _lr, _metrics, _data
-from hvdagent._logging import get_logger
-from hvdagent._optimizer import _validate_options, distribute, inner_of, is_distributed
+from hvdagent import _callbacks, _compat, _data, _hvd, _inputs, _optimizer, _steps, _validate
+from hvdagent._sync import SyncOptions
 
 __all__ = ["DistributedAgent"]
-
-log = get_logger(__name__)
 
 
 class DistributedAgent:
@@ -22,7 +17,7 @@ class DistributedAgent:
 
     Replace ``model.fit`` by ``agent.fit`` and launch with
     ``horovodrun -np 4 python script.py``; run with plain ``python`` it is
-    ordinary single-process Keras.
+    ordinary single-process Keras, and Horovod need not be installed.
 
     * **Batch size is per rank**: the global batch is ``batch_size * size``.
     * **Gradients** are averaged across ranks every step (weighted by each
@@ -31,15 +26,16 @@ class DistributedAgent:
       0 when ``fit`` starts.
     * **Metrics** in logs, ``History`` and ``evaluate`` are exact global values
       (metric state is summed across ranks), identical on every rank.
-    * **Data**: numpy inputs (the same on every rank) and ``tf.data`` datasets
-      are split by rank; every rank runs the same number of steps.
+    * **Data**: every input ``model.fit`` accepts is split by rank (see
+      :mod:`hvdagent._inputs`); every rank runs the same number of steps.
     * **Output**: progress bar and file-writing callbacks on rank 0 only.
 
     Args:
         model: a ``keras.Model`` (Keras 3) or ``tf_keras.Model`` (Keras 2),
             compiled or not.
-        scale_lr: multiply the learning rate by the number of ranks (linear
-            scaling rule; default True). ``False`` leaves it exactly as given.
+        scale_lr: multiply the learning rate by the number of ranks while
+            updating (linear scaling rule; default True). The optimizer keeps
+            the rate you gave: saved files hold it. ``False``: no scaling.
         warmup_epochs: with ``scale_lr``, reach the scaled rate linearly over
             this many epochs (default 0: scaled from the first step).
         compression: ``None``, ``"fp16"`` or ``"bf16"`` (default None).
@@ -47,12 +43,17 @@ class DistributedAgent:
         op: ``"average"`` (default), ``"sum"`` or ``"adasum"``.
         sparse_as_dense: reduce sparse gradients as dense (default False).
         gradient_predivide_factor: see :func:`hvdagent.DistributedOptimizer`.
-        stall_timeout: with several ranks, end the job (exit status 75, with a
-            report naming the ranks that stopped) when no training progress is
-            made for this many seconds (default 60; None disables).
+        stall_timeout: with several ranks, end the job when no training
+            progress is made for this many seconds (see the README's
+            reliability section; None disables).
+        sync_every: local SGD: ``1`` (default) reduces gradients every step;
+            ``N > 1`` lets each rank apply its own gradients and averages the
+            weights every ``N`` updates and at the end of every epoch.
+        local_sgd_warmup_epochs: with ``sync_every > 1``, epochs of every-step
+            gradient sync before local SGD starts (post-local SGD; default 0).
 
     Example (``scale_lr``): SGD(0.01), 4 ranks, ``warmup_epochs=2`` trains at
-    0.01 at the first step, ramps linearly to 0.04 by the end of epoch 1, then
+    0.01 at the first step, ramps linearly to 0.04 by the end of epoch 2, then
     stays at 0.04. A ``LearningRateSchedule`` is multiplied the same way.
 
         >>> import keras, numpy as np, hvdagent
@@ -64,40 +65,31 @@ class DistributedAgent:
         2
     """
 
-    def __init__(
-        self,
-        model: Any,
-        scale_lr: bool = True,
-        warmup_epochs: float = 0,
-        compression: Optional[str] = None,
-        backward_passes_per_step: int = 1,
-        op: str = "average",
-        sparse_as_dense: bool = False,
-        gradient_predivide_factor: float = 1.0,
-        stall_timeout: Optional[float] = 60.0,
-    ):
+    def __init__(self, model: Any, scale_lr: bool = True, warmup_epochs: float = 0,
+                 compression: Optional[str] = None, backward_passes_per_step: int = 1, op: str = "average",
+                 sparse_as_dense: bool = False, gradient_predivide_factor: float = 1.0,
+                 stall_timeout: Optional[float] = 600.0, sync_every: int = 1, local_sgd_warmup_epochs: float = 0):
         if not _compat.is_model(model):
-            raise TypeError(
-                "model must be a keras.Model (Keras 3) or a tf_keras.Model (Keras 2). "
-                f"Received: model={model!r} of type {type(model).__name__}"
-            )
-        if not isinstance(scale_lr, bool):
-            raise TypeError(f"scale_lr must be True or False. Received: scale_lr={scale_lr!r}")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be a number >= 0. Received: warmup_epochs={warmup_epochs!r}")
-        if stall_timeout is not None and (isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or stall_timeout <= 0):
-            raise ValueError(f"stall_timeout must be a number of seconds > 0, or None to disable. Received: stall_timeout={stall_timeout!r}")
-        self.stall_timeout = stall_timeout
-        self._options = _validate_options(op, compression, backward_passes_per_step, sparse_as_dense, gradient_predivide_factor)
-        _hvd.init()
+            raise TypeError("model must be a keras.Model (Keras 3) or a tf_keras.Model (Keras 2). "
+                            f"Received: model={model!r} of type {type(model).__name__}")
+        self.scale_lr = _validate.boolean("scale_lr", scale_lr)
+        self.warmup_epochs = _validate.number("warmup_epochs", warmup_epochs, minimum=0)
+        if warmup_epochs and not scale_lr:
+            raise ValueError("warmup_epochs ramps the learning rate up to the scaled one; with scale_lr=False there "
+                             f"is nothing to ramp. Received: scale_lr=False, warmup_epochs={warmup_epochs!r}")
+        self.stall_timeout = _validate.optional(_validate.number, "stall_timeout", stall_timeout, minimum=0,
+                                                exclusive=True, hint=" (seconds), or None to disable")
+        self.local_sgd_warmup_epochs = _validate.number("local_sgd_warmup_epochs", local_sgd_warmup_epochs, minimum=0)
+        self._options = SyncOptions(op=op, compression=compression, backward_passes_per_step=backward_passes_per_step,
+                                    sparse_as_dense=sparse_as_dense,
+                                    gradient_predivide_factor=gradient_predivide_factor, sync_every=sync_every)
         self.model = model
-        self.scale_lr = scale_lr
-        self.warmup_epochs = warmup_epochs if scale_lr else 0
         self._gen = _compat.generation(model)
+        self._functions: dict = {}  # compiled step functions, see _steps.distributed
+        self._stats = _steps.StatisticsSync()
         if getattr(model, "optimizer", None) is not None and getattr(model, "compiled", getattr(model, "_is_compiled", False)):
-            self._distribute_compiled_model()
+            self._distribute("model.optimizer")
 
-    # --- set-up -------------------------------------------------------------------
     @property
     def rank(self) -> int:
         return _hvd.rank()
@@ -112,110 +104,42 @@ class DistributedAgent:
         return getattr(self.model, "optimizer", None)
 
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None, **kwargs) -> None:
-        """Compile the model with a distributed version of ``optimizer``.
+        """Compile the model (``keras.Model.compile``'s arguments) and make its optimizer distributed.
 
-        Takes the arguments of ``keras.Model.compile``. ``optimizer`` may be a
-        name (``"adam"``), a config or an instance; an optimizer that is
-        already distributed is an error.
+        ``optimizer`` may be a name (``"adam"``), a config or an instance; one
+        that is already distributed is an error. Keras remembers the plain
+        optimizer, so every file saved later holds it.
         """
-        if is_distributed(optimizer):
-            raise ValueError(
-                "optimizer is already an hvdagent.DistributedOptimizer; pass the plain optimizer to "
-                f"agent.compile, the agent distributes it. Received: optimizer={type(optimizer).__name__}"
-            )
-        opt = _compat.get_optimizer(optimizer, self._gen)
-        dist = distribute(opt, **self._options)
-        self.model.compile(optimizer=dist, loss=loss, metrics=metrics, **kwargs)
-        self._install()
+        if _optimizer.is_distributed(optimizer):
+            raise ValueError("optimizer is already an hvdagent.DistributedOptimizer; pass the plain optimizer to "
+                             f"agent.compile, the agent distributes it. Received: optimizer={type(optimizer).__name__}")
+        self.model.compile(optimizer=_compat.get_optimizer(optimizer, self._gen), loss=loss, metrics=metrics, **kwargs)
+        self._distribute("optimizer")
 
-    def _distribute_compiled_model(self) -> None:
-        """Keep a compiled model's loss and metrics; make its optimizer distributed."""
-        if is_distributed(self.model.optimizer):
-            raise ValueError(
-                "the model's optimizer is already an hvdagent.DistributedOptimizer; compile the model with the "
-                "plain optimizer and let the agent distribute it. "
-                f"Received: model.optimizer={type(self.model.optimizer).__name__}"
-            )
-        self.model.optimizer = distribute(self.model.optimizer, **self._options)
-        self._install()
-
-    def _install(self) -> None:
-        model = self.model
-        _metrics.install(model)
-        if not getattr(model, "_hvdagent_steps_installed", False):
-            _install_steps(model)
-        model.train_function = None
-        model.test_function = None
-        model.predict_function = None
-
-    def _lr_callbacks(self, steps_per_epoch: int) -> List[Any]:
-        """The linear scaling rule: callbacks for a float rate, a wrapper for a schedule."""
-        if not self.scale_lr:
-            return []
-        opt = self.model.optimizer
-        if _compat.has_schedule(inner_of(opt)):
-            _lr.scale_schedule(opt, self.size, int(self.warmup_epochs * steps_per_epoch))
-            return []
-        from hvdagent.callbacks._warmup import ScaledWarmup
-        from hvdagent.callbacks._scale_lr import ScaleLearningRate
-
-        if self.warmup_epochs == 0:
-            return [ScaleLearningRate()]
-        return [ScaledWarmup(self.warmup_epochs, steps_per_epoch=steps_per_epoch)]
+    def _distribute(self, what: str) -> None:
+        plain = self.model.optimizer
+        if _optimizer.is_distributed(plain):
+            raise ValueError(f"the {what} is already an hvdagent.DistributedOptimizer; compile the model with the "
+                             "plain optimizer and let the agent distribute it. "
+                             f"Received: {what}={type(plain).__name__}")
+        self.model.optimizer = _optimizer.wrap(plain, self._options)
+        self._functions.clear()
 
     def _require_compiled(self, method: str) -> None:
-        if not is_distributed(getattr(self.model, "optimizer", None)):
-            raise RuntimeError(
-                f"call agent.compile(optimizer, loss, ...) before agent.{method}(): the model has no "
-                f"distributed optimizer yet. Received: model.optimizer={getattr(self.model, 'optimizer', None)!r}"
-            )
-
-    # --- data ---------------------------------------------------------------------
-    def _prepare(self, x, y, sample_weight, batch_size, shuffle, seed, shard, for_training, first_epoch=0, skip=0):
-        """This rank's training or evaluation dataset (a ``tf.data.Dataset``)."""
-        import tensorflow as tf
-
-        if isinstance(x, tf.data.Dataset):
-            if y is not None or sample_weight is not None:
-                raise ValueError(
-                    "with a tf.data.Dataset, y and sample_weight come from the dataset; pass neither. "
-                    f"Received: y={type(y).__name__}, sample_weight={type(sample_weight).__name__}"
-                )
-            if data.is_sharded(x):
-                return x
-            if not shard and self.size > 1:
-                return data.shard_batched(x, shard=False)
-            return data.shard_batched(x, shard=True)
-        if x is None:
-            raise ValueError("x must be numpy arrays or a tf.data.Dataset. Received: x=None")
-        if batch_size is None:
-            batch_size = 32
-        arrays = tuple(a for a in (x, y, sample_weight) if a is not None)
-        if not shard:
-            return _local_arrays(arrays, batch_size, shuffle and for_training, seed)
-        return data.array_dataset(arrays, batch_size, shuffle=shuffle and for_training, seed=seed,
-                                  first_epoch=first_epoch, skip=skip)
+        if not _optimizer.is_distributed(getattr(self.model, "optimizer", None)):
+            raise RuntimeError(f"call agent.compile(optimizer, loss, ...) before agent.{method}(): the model has no "
+                               f"distributed optimizer yet. Received: model.optimizer={self.optimizer!r}")
 
     # --- the Keras API ----------------------------------------------------------------
-    def fit(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: Optional[int] = None,
-        epochs: int = 1,
-        verbose: Any = "auto",
-        callbacks: Optional[list] = None,
-        validation_data: Any = None,
-        shuffle: bool = True,
-        shard: bool = True,
-        seed: int = 0,
-        checkpoint_dir: Any = None,
-        elastic: bool = False,
-        batches_per_commit: Optional[int] = None,
-        profile: bool = False,
-        **kwargs,
-    ):
+    def fit(self, x: Any = None, y: Any = None, batch_size: Optional[int] = None, epochs: int = 1,
+            verbose: Any = "auto", callbacks: Optional[list] = None, validation_data: Any = None,
+            shuffle: bool = True, shard: bool = True, seed: int = 0, checkpoint_dir: Any = None,
+            elastic: bool = False, batches_per_commit: Optional[int] = None, profile: bool = False, **kwargs):
         """Train like ``keras.Model.fit``, synchronously on every rank.
+
+        Every argument of ``keras.Model.fit`` is accepted (``validation_split``,
+        ``sample_weight``, ``class_weight``, ``initial_epoch``, ...);
+        ``steps_per_epoch`` and ``validation_steps`` count this rank's steps.
 
         Extra arguments:
             shard: split the data by rank (default True). With ``False`` each
@@ -223,142 +147,106 @@ class DistributedAgent:
             seed: the shuffle seed, identical on every rank (default 0).
             checkpoint_dir: save model, optimizer state and progress here at
                 the end of every epoch (rank 0, atomically), and resume from
-                the latest checkpoint there when ``fit`` starts (default None:
-                no checkpoints). See :mod:`hvdagent._checkpoint`.
+                the latest checkpoint there when ``fit`` starts (default None).
             elastic: keep training when workers leave or join under
-                ``horovodrun --min-np/--max-np`` (default False). See
-                :mod:`hvdagent._elastic`.
+                ``horovodrun --min-np/--max-np`` (default False).
             batches_per_commit: with ``elastic``, also commit every this many
-                batches (default None: at epoch ends only); after a change of
-                workers, numpy input resumes inside the epoch, at the first
-                sample not yet trained on.
-            profile: print, per epoch on rank 0, the time spent computing vs
-                in gradient sync, and add ``compute_time``, ``sync_time`` and
-                ``sync_fraction`` to the logs (default False). See
-                :class:`hvdagent.SyncProfiler`.
+                batches (default None: at epoch ends only).
+            profile: add ``compute_time``, ``sync_time`` and ``sync_fraction``
+                to the logs and print them on rank 0 (default False; see
+                :class:`hvdagent.SyncProfiler`).
 
         Returns:
             The ``History``; its values are the exact global metrics, the
             same on every rank. A resumed run's history holds the epochs it ran.
         """
         self._require_compiled("fit")
-        _validate_fit_args(batch_size, epochs, seed)
-        if kwargs.get("validation_split"):
-            raise ValueError(
-                "validation_split is not supported by agent.fit: split the data yourself and pass validation_data. "
-                f"Received: validation_split={kwargs['validation_split']!r}"
-            )
-        if elastic:
-            from hvdagent import _elastic as elastic_module
+        if batch_size is not None:
+            _data._validate_batch_size(batch_size)
+        _validate.integer("epochs", epochs, minimum=0)
+        _validate.integer("seed", seed, minimum=0)
+        _validate.boolean("shard", shard)
+        fit_args = dict(x=x, y=y, batch_size=batch_size, verbose=verbose, validation_data=validation_data,
+                        shuffle=shuffle, shard=shard, seed=seed, checkpoint_dir=checkpoint_dir, profile=profile,
+                        **kwargs)
+        if _validate.boolean("elastic", elastic):
+            from hvdagent import _elastic
 
-            return elastic_module.fit(self, epochs, callbacks, batches_per_commit, dict(
-                x=x, y=y, batch_size=batch_size, verbose=verbose, validation_data=validation_data,
-                shuffle=shuffle, shard=shard, seed=seed, checkpoint_dir=checkpoint_dir, profile=profile, **kwargs))
-        skip = int(kwargs.pop("_hvdagent_skip_samples", 0))  # elastic: the done part of an epoch
-        user_callbacks = list(callbacks or [])
-        if profile:
-            from hvdagent._profiler import SyncProfiler
+            return _elastic.fit(self, epochs, callbacks, batches_per_commit, fit_args)
+        if batches_per_commit is not None:
+            raise ValueError(f"batches_per_commit needs elastic=True. Received: batches_per_commit={batches_per_commit!r}")
+        return self._fit(epochs=epochs, callbacks=callbacks, **fit_args)
 
-            user_callbacks.insert(0, SyncProfiler())
-        ckpt, meta = None, None
+    def _fit(self, *, x, y, batch_size, epochs, verbose, callbacks, validation_data, shuffle, shard, seed,
+             checkpoint_dir, profile, skip: int = 0, extra_callbacks: Sequence[Any] = (), **kwargs):
+        """The one training path (``fit`` and elastic training call it)."""
+        sample_weight = kwargs.pop("sample_weight", None)
+        split = kwargs.pop("validation_split", 0.0)
+        if split:
+            (x, y, sample_weight), held_out = _inputs.split_validation(x, y, sample_weight, split)
+            validation_data = held_out if validation_data is None else validation_data
+        checkpointer, meta = None, None
         if checkpoint_dir is not None:
             from hvdagent._checkpoint import Checkpointer
 
-            ckpt = Checkpointer(checkpoint_dir)
-            ckpt.check_writable()
-            meta = ckpt.latest()
+            checkpointer = Checkpointer(checkpoint_dir)
+            checkpointer.check_writable()
+            meta = checkpointer.latest()
             if meta is not None:
                 kwargs["initial_epoch"] = max(int(kwargs.get("initial_epoch", 0)), int(meta["epoch"]))
-        if self.size == 1 and ckpt is None and skip == 0:
-            _lr.unscale(self.model.optimizer)
-            return self.model.fit(
-                x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
-                callbacks=[_as_model_cb(c, self.model) for c in user_callbacks],
-                validation_data=validation_data, shuffle=shuffle, **kwargs,
-            )
-        if batch_size is not None and kwargs.get("steps_per_epoch") is None and isinstance(x, _tf().data.Dataset):
-            raise ValueError(
-                "batch_size must be None when x is a tf.data.Dataset (batch the dataset, or use "
-                f"hvdagent.shard_dataset). Received: batch_size={batch_size!r}"
-            )
-        sample_weight = kwargs.pop("sample_weight", None)
-        first_epoch = int(kwargs.get("initial_epoch", 0))
-        ds = self._prepare(x, y, sample_weight, batch_size, shuffle, seed, shard, for_training=True,
-                           first_epoch=first_epoch, skip=skip)
-        steps = getattr(ds, data._STEPS_ATTR, None) or kwargs.get("steps_per_epoch") or 1
+        steps = kwargs.pop("steps_per_epoch", None)
+        ds = _inputs.prepare(x, y, sample_weight, batch_size=batch_size, steps=steps, shuffle=shuffle, seed=seed,
+                             shard=shard, first_epoch=int(kwargs.get("initial_epoch", 0)), skip=skip)
+        val_steps = kwargs.pop("validation_steps", None)
         val = None
         if validation_data is not None:
-            val = self._prepare_validation(validation_data, kwargs.pop("validation_batch_size", None) or batch_size)
-        from hvdagent.callbacks import BroadcastGlobalVariablesCallback
-        from hvdagent.callbacks._checkpoint import EpochCheckpoint
-        from hvdagent.callbacks._sync_stop import SyncStop
+            val = _inputs.validation(validation_data, kwargs.pop("validation_batch_size", None) or batch_size, val_steps)
+        per_epoch = steps or _data.steps_of(ds)
+        self._configure(per_epoch)
+        _compat.build_from_spec(self.model, ds.element_spec)
+        cbs = _callbacks.for_fit(self.model, callbacks, stall_timeout=self.stall_timeout, checkpointer=checkpointer,
+                                 resume_meta=meta, profile=profile, extra=extra_callbacks)
+        with _steps.distributed(self.model, self._functions, self._stats):
+            return self.model.fit(ds, epochs=epochs, verbose=verbose if self.rank == 0 else 0, callbacks=cbs,
+                                  validation_data=val, shuffle=False, steps_per_epoch=steps,
+                                  validation_steps=val_steps if val is not None else None, **kwargs)
 
-        first = []
-        if self.stall_timeout is not None and self.size > 1:
-            from hvdagent.callbacks._heartbeat import Heartbeat
-
-            first.append(Heartbeat(self.stall_timeout))
-        first += [EpochCheckpoint(ckpt, "restore", meta)] if meta is not None else []
-        first += [BroadcastGlobalVariablesCallback(0)] + self._lr_callbacks(steps)
-        last = [SyncStop(user_callbacks)] + ([EpochCheckpoint(ckpt, "save")] if ckpt is not None else [])
-        cbs = first + _rank_filtered(user_callbacks, self._gen) + last
-        return self.model.fit(
-            ds, epochs=epochs, verbose=verbose if self.rank == 0 else 0,
-            callbacks=[_as_model_cb(c, self.model) for c in cbs],
-            validation_data=val, shuffle=False, **kwargs,
-        )
-
-    def _prepare_validation(self, validation_data, batch_size):
-        import tensorflow as tf
-
-        if isinstance(validation_data, tf.data.Dataset):
-            return self._prepare(validation_data, None, None, None, False, 0, True, for_training=False)
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-            raise ValueError(
-                "validation_data must be (x, y), (x, y, sample_weight) or a tf.data.Dataset. "
-                f"Received: validation_data of type {type(validation_data).__name__}"
-            )
-        vx, vy, vw = (tuple(validation_data) + (None,))[:3]
-        return self._prepare(vx, vy, vw, batch_size, False, 0, True, for_training=False)
+    def _configure(self, steps_per_epoch: int) -> None:
+        """Learning-rate scale, local-SGD schedule and statistics sync for ``steps_per_epoch``."""
+        parts = _optimizer.parts_of(self.model.optimizer)
+        updates = max(1, math.ceil(steps_per_epoch / self._options.backward_passes_per_step))
+        parts.lr.configure(size=self.size if self.scale_lr else 1, warmup_steps=round(self.warmup_epochs * updates))
+        parts.sync.set_schedule(round(self.local_sgd_warmup_epochs * updates), updates)
+        self._stats.configure(steps_per_epoch)
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: Optional[int] = None, verbose: Any = "auto",
-                 sample_weight: Any = None, return_dict: bool = False, **kwargs):
+                 sample_weight: Any = None, steps: Optional[int] = None, return_dict: bool = False, **kwargs):
         """Evaluate like ``keras.Model.evaluate``, sharded across ranks.
 
         Returns the exact global loss and metrics (what one process would
         compute on all the data), the same on every rank.
         """
         self._require_compiled("evaluate")
-        _validate_fit_args(batch_size, 1, 0)
-        if self.size == 1:
-            return self.model.evaluate(x, y, batch_size=batch_size, verbose=verbose, sample_weight=sample_weight,
+        if batch_size is not None:
+            _data._validate_batch_size(batch_size)
+        ds = _inputs.prepare(x, y, sample_weight, batch_size=batch_size, steps=steps)
+        _compat.build_from_spec(self.model, ds.element_spec)
+        with _steps.distributed(self.model, self._functions, self._stats):
+            return self.model.evaluate(ds, verbose=verbose if self.rank == 0 else 0, steps=steps,
                                        return_dict=return_dict, **kwargs)
-        ds = self._prepare(x, y, sample_weight, batch_size, False, 0, True, for_training=False)
-        return self.model.evaluate(ds, verbose=verbose if self.rank == 0 else 0, return_dict=return_dict, **kwargs)
 
     def predict(self, x: Any, batch_size: Optional[int] = None, verbose: Any = "auto", **kwargs):
         """Predict like ``keras.Model.predict``, sharded across ranks.
 
         Each rank predicts its share; the outputs are gathered back in the
-        original sample order and returned on **every** rank. Numpy input only
-        for more than one rank (a dataset would have no defined global order).
+        original order (of samples, or of a dataset's batches) and returned on
+        **every** rank.
         """
-        _validate_fit_args(batch_size, 1, 0)
-        if self.size == 1:
-            return self.model.predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
-        import tensorflow as tf
+        from hvdagent._predict import predict
 
-        if isinstance(x, tf.data.Dataset):
-            raise TypeError(
-                "agent.predict over several ranks takes numpy arrays (so the output order is defined). "
-                "Received: a tf.data.Dataset; call agent.model.predict on each rank's data instead"
-            )
-        n = data.num_samples(x)
-        part = data.strided_split(x, self.size, self.rank)
-        local = None
-        if data.num_samples(part) > 0:
-            local = self.model.predict(part, batch_size=batch_size, verbose=verbose if self.rank == 0 else 0, **kwargs)
-        return data.interleave(_hvd.allgather_object(local, name="hvdagent_predict"), n)
+        if batch_size is not None:
+            _data._validate_batch_size(batch_size)
+        return predict(self.model, x, batch_size=batch_size, verbose=verbose if self.rank == 0 else 0, **kwargs)
 
     def save(self, filepath: str, overwrite: bool = True, **kwargs) -> None:
         """Write the model to ``filepath`` (``.keras``) from rank 0; safe on every rank.
@@ -370,8 +258,7 @@ class DistributedAgent:
         filepath = os.fspath(filepath)
         _compat.check_save_path(filepath, self._gen)
         if self.rank == 0:
-            with _compat.plain_optimizer(self.model):
-                self.model.save(filepath, overwrite=overwrite, **kwargs)
+            self.model.save(filepath, overwrite=overwrite, **kwargs)
         _hvd.barrier()
 
     @classmethod
@@ -383,90 +270,3 @@ class DistributedAgent:
         """
         model = _compat.load_model(os.fspath(filepath), _compat.active_generation())
         return cls(model, **agent_options)
-
-
-def _tf():
-    import tensorflow as tf
-
-    return tf
-
-
-def _validate_fit_args(batch_size, epochs, seed):
-    if batch_size is not None:
-        data._validate_batch_size(batch_size)
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0. Received: epochs={epochs!r}")
-    data._validate_seed(seed)
-
-
-def _local_arrays(arrays, batch_size, shuffle, seed):
-    """``shard=False``: this rank's own arrays, batched, with equal step counts."""
-    tf = _tf()
-    n = data.num_samples(arrays)
-    ds = tf.data.Dataset.from_tensor_slices(arrays)
-    if shuffle:
-        ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
-    return data.shard_batched(ds.batch(batch_size), shard=False)
-
-
-def _as_model_cb(cb, model):
-    from hvdagent.callbacks._base import for_model
-
-    return for_model(cb, model)
-
-
-def _rank_filtered(callbacks: list, gen: int) -> list:
-    """Callbacks for this rank: file writers on rank 0 only."""
-    if _hvd.rank() == 0:
-        return callbacks
-    writers = _compat.writer_callback_classes(gen)
-    backup = _compat.backup_callback_class(gen)
-    out = []
-    for cb in callbacks:
-        if isinstance(cb, writers):
-            continue
-        if backup is not None and isinstance(cb, backup):
-            from hvdagent.callbacks._read_only_backup import ReadOnlyBackup
-
-            out.append(ReadOnlyBackup(cb))
-            continue
-        out.append(cb)
-    return out
-
-
-def _install_steps(model) -> None:
-    """Shadow the model's step functions so empty batches are collective no-ops.
-
-    A rank whose data ran out gets empty batches (see :mod:`hvdagent._data`): it
-    skips the forward pass but still joins the gradient reduction with a zero
-    weight, so every rank performs the same updates.
-    """
-    import tensorflow as tf
-
-    train_step, test_step = model.train_step, model.test_step
-
-    def batch_len(batch):
-        first = tf.nest.flatten(batch)[0]
-        return tf.shape(first)[0]
-
-    def sync_of_model():
-        return model.optimizer._hvdagent_sync
-
-    def hvd_train_step(self, batch):
-        n = batch_len(batch)
-        sync_of_model().set_local_count(n)
-
-        def empty():
-            variables = self.trainable_variables
-            _compat.apply_gradients(self.optimizer, [tf.zeros_like(v) for v in variables], variables)
-            return self.get_metrics_result()
-
-        return tf.cond(n > 0, lambda: train_step(batch), empty)
-
-    def hvd_test_step(self, batch):
-        n = batch_len(batch)
-        return tf.cond(n > 0, lambda: test_step(batch), lambda: self.get_metrics_result())
-
-    object.__setattr__(model, "train_step", types.MethodType(hvd_train_step, model))
-    object.__setattr__(model, "test_step", types.MethodType(hvd_test_step, model))
-    object.__setattr__(model, "_hvdagent_steps_installed", True)

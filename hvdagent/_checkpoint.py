@@ -15,7 +15,6 @@ new size).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -23,9 +22,8 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from hvdagent import _compat, _hvd, _lr
+from hvdagent import _compat, _hvd
 from hvdagent._logging import get_logger
-from hvdagent._optimizer import inner_of, sync_of
 
 log = get_logger(__name__)
 
@@ -43,19 +41,17 @@ def state_variables(model) -> List[Any]:
     out = list(model.variables)
     opt = getattr(model, "optimizer", None)
     if opt is not None:
-        out += list(inner_of(opt).variables)
+        out += list(opt.variables)  # the distributed optimizer lists the variables of the one it applies through
     return out
 
 
 def snapshot(model) -> List[np.ndarray]:
-    """Copies of every state variable, with the learning rate unscaled."""
-    sync = sync_of(model.optimizer)
-    with sync.unscaled_learning_rate() if sync is not None else contextlib.nullcontext():
-        return [np.array(v.numpy()) for v in state_variables(model)]
+    """Copies of every state variable (the learning rate is the unscaled one at rest)."""
+    return [np.array(v.numpy()) for v in state_variables(model)]
 
 
 def load_arrays(model, arrays: List[np.ndarray], source: str = "the saved state", names=None) -> None:
-    """Assign :func:`snapshot` arrays back; the learning rate is then unscaled.
+    """Assign :func:`snapshot` arrays back.
 
     Raises:
         ValueError: the arrays do not fit the model (another architecture or
@@ -78,7 +74,6 @@ def load_arrays(model, arrays: List[np.ndarray], source: str = "the saved state"
             )
     for v, a in zip(variables, arrays):
         v.assign(a)
-    _lr.mark_unscaled(model.optimizer)  # the restored learning rate is the unscaled one
 
 
 class Checkpointer:

@@ -6,10 +6,9 @@ never off a global flag, so a process may hold models of both kinds.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 KERAS3 = 3
 KERAS2 = 2
@@ -139,36 +138,46 @@ def callback_overrides(callback, hook: str) -> bool:
     return getattr(type(callback), hook, None) is not getattr(base, hook, None)
 
 
-@contextlib.contextmanager
-def plain_optimizer(model) -> Iterator[None]:
-    """Within the block ``model.optimizer`` is the user's inner optimizer.
+def replace_compiled_optimizer(model, old, new) -> None:
+    """Where Keras 3 remembers ``compile(optimizer=old)`` (to save it), put ``new``.
 
-    Used to save a file that loads without hvdagent or Horovod.
+    So a model compiled with a distributed optimizer is saved with the plain
+    inner one (tf_keras keeps no such record: its optimizer keeps its class).
     """
-    from hvdagent import _optimizer as optimizer_module
+    config = getattr(getattr(model, "_compile_config", None), "config", None)
+    if isinstance(config, dict) and config.get("optimizer") is old:
+        config["optimizer"] = new
 
-    dist = model.optimizer
-    sync = optimizer_module.sync_of(dist)
-    if sync is None:
-        yield
+
+def base_optimizer(optimizer):
+    """The innermost optimizer (through hvdagent's wrapper and Keras' LossScaleOptimizer)."""
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def iterations(optimizer):
+    """The optimizer's update counter (a variable)."""
+    return optimizer.iterations
+
+
+def build_from_spec(model, element_spec) -> None:
+    """Build an unbuilt model (and its optimizer, loss and metrics) from the data's spec.
+
+    Keras 3 builds lazily at the first traced step when no distribution
+    strategy is set; the agent needs the variables before that, to broadcast
+    them. tf_keras models are built by calling them on zeros of the input spec.
+    """
+    import tensorflow as tf
+
+    if generation(model) == KERAS3:
+        if not model.built or (model.optimizer is not None and not model.optimizer.built):
+            model._symbolic_build(data_batch=element_spec)
         return
-    with sync.unscaled_learning_rate():
-        if generation(dist) == KERAS3:
-            # Keras 3 saves the compile arguments as given to compile(): swap
-            # the optimizer there too.
-            compile_config = getattr(getattr(model, "_compile_config", None), "config", {})
-            saved = compile_config.get("optimizer")
-            model.optimizer = dist.inner_optimizer
-            if saved is dist:
-                compile_config["optimizer"] = dist.inner_optimizer
-            try:
-                yield
-            finally:
-                model.optimizer = dist
-                if saved is dist:
-                    compile_config["optimizer"] = dist
-        else:  # tf_keras: the optimizer keeps its own class (see _keras2_optimizer)
-            yield
+    if not model.built:
+        x = element_spec[0] if isinstance(element_spec, tuple) else element_spec
+        zeros = tf.nest.map_structure(lambda s: tf.zeros([1] + list(s.shape[1:]), s.dtype), x)
+        model(zeros, training=False)
 
 
 def active_generation() -> int:

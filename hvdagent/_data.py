@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from hvdagent import _hvd
+from hvdagent import _hvd, _validate
 
 __all__ = ["shard_dataset"]
 
@@ -37,16 +37,32 @@ def _tf():
     return tf
 
 
-def _validate_batch_size(batch_size, name="batch_size", allow_none=False):
-    if batch_size is None and allow_none:
+def _validate_batch_size(batch_size, name="batch_size"):
+    _validate.integer(name, batch_size, minimum=1, hint=" (the per-rank batch size)")
+
+
+def align_random_seeds(environ=None) -> None:
+    """Make unseeded ``tf.data`` shuffles iterate in the same order on every rank.
+
+    A batched dataset is split across ranks by batch index, which is a
+    partition only if every rank sees the batches in the same order. An
+    unseeded ``dataset.shuffle(...)`` draws its seed from TensorFlow's global
+    seed; setting that seed identically on every rank (as ``tf.data``'s own
+    auto-sharding expects) makes every rank's pipeline, built by the same
+    script, iterate identically. Called when ``hvdagent`` is imported in a
+    launched process, so it precedes the user's pipelines. The seed is
+    ``HVDAGENT_SEED`` (default 0); ``HVDAGENT_SEED=off`` leaves TensorFlow's
+    global seed alone.
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    value = environ.get("HVDAGENT_SEED", "0")
+    if value.lower() == "off":
         return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"{name} must be a positive integer (the per-rank batch size). Received: {name}={batch_size!r}")
+    import tensorflow as tf
 
-
-def _validate_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer. Received: seed={seed!r}")
+    tf.random.set_seed(int(value))
 
 
 def shard_dataset(
@@ -84,8 +100,9 @@ def shard_dataset(
             f"dataset must be a tf.data.Dataset. Received: dataset of type {type(dataset).__name__}. "
             "For numpy arrays, pass them to agent.fit directly."
         )
-    _validate_batch_size(batch_size, allow_none=True)
-    _validate_seed(seed)
+    if batch_size is not None:
+        _validate_batch_size(batch_size)
+    _validate.integer("seed", seed, minimum=0)
     size, rank = _hvd.size(), _hvd.rank()
     n_total = int(dataset.cardinality())
     ds = dataset.shard(size, rank) if size > 1 else dataset
@@ -114,7 +131,7 @@ def count_batches(ds) -> int:
     n = int(ds.cardinality())
     if n == tf.data.INFINITE_CARDINALITY:
         raise ValueError(
-            "the dataset is infinite (it repeats forever); pass steps_per_epoch= to agent.fit. "
+            "the dataset is infinite (it repeats forever); pass steps_per_epoch= (this rank's steps per epoch). "
             "Received: a dataset with cardinality INFINITE"
         )
     if n >= 0:
@@ -148,9 +165,19 @@ def equalize(ds, local_steps: int, steps: int):
         pad = _tf().data.Dataset.from_tensors(_empty_batch(ds.element_spec)).repeat(steps - local_steps)
         ds = ds.concatenate(pad)
     # A known length lets Keras size its progress bar and epochs exactly.
-    ds = ds.apply(_tf().data.experimental.assert_cardinality(steps)).prefetch(2)
+    return with_steps(ds.apply(_tf().data.experimental.assert_cardinality(steps)), steps)
+
+
+def with_steps(ds, steps: int):
+    """``ds`` (prefetched) marked as holding ``steps`` batches per epoch on this rank."""
+    ds = ds.prefetch(2)
     setattr(ds, _STEPS_ATTR, steps)
     return ds
+
+
+def steps_of(ds) -> Optional[int]:
+    """The steps per epoch of a dataset from this module, else None."""
+    return getattr(ds, _STEPS_ATTR, None)
 
 
 def is_sharded(ds) -> bool:

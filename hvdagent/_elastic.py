@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from hvdagent import _hvd
+from hvdagent import _hvd, _inputs, _validate
 from hvdagent._logging import get_logger
 from hvdagent._checkpoint import load_arrays, snapshot
 
@@ -71,19 +71,16 @@ def fit(agent, epochs: int, callbacks: Optional[list], batches_per_commit: Optio
     """Run ``agent.fit`` in Horovod's elastic loop (see the module docstring)."""
     from hvdagent.callbacks._commit import Commit
 
-    if batches_per_commit is not None and (
-        isinstance(batches_per_commit, bool) or not isinstance(batches_per_commit, int) or batches_per_commit < 1
-    ):
-        raise ValueError(f"batches_per_commit must be a positive integer or None. Received: batches_per_commit={batches_per_commit!r}")
+    _validate.optional(_validate.integer, "batches_per_commit", batches_per_commit, minimum=1)
     run = ElasticRun(agent.model, first_epoch=int(fit_kwargs.pop("initial_epoch", 0)))
     state = _hvd.make_elastic_state(run)
     batch_size = fit_kwargs.get("batch_size") or 32
-    numpy_input = fit_kwargs.get("x") is not None and not hasattr(fit_kwargs.get("x"), "element_spec")
+    numpy_input = fit_kwargs.get("x") is not None and _inputs.kind_of(fit_kwargs["x"]) == "arrays"
 
     def one_fit(until_epoch, skip):
         commit = Commit(state, run, batches_per_commit, samples_per_batch=batch_size * _hvd.size(), offset=skip)
-        return agent.fit(epochs=until_epoch, callbacks=list(callbacks or []) + [commit], initial_epoch=run.epoch,
-                         elastic=False, _hvdagent_skip_samples=skip, **fit_kwargs)
+        return agent._fit(epochs=until_epoch, callbacks=callbacks, initial_epoch=run.epoch, skip=skip,
+                          extra_callbacks=[commit], **fit_kwargs)
 
     def train(state):
         if run.samples and numpy_input and run.epoch < epochs:

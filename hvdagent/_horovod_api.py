@@ -4,16 +4,16 @@
 hvd`` keeps a Horovod Keras script working on Keras 3 and tf_keras. This
 module holds the reduction ops and compressors, the argument normalisation
 of :func:`hvdagent.DistributedOptimizer`, the process queries Horovod adds to
-``rank``/``size``, and ``load_model``; the eager collectives are in
-``_horovod_collectives``. Everything reaches Horovod through the seam (``_hvd``).
+``rank``/``size``; the eager collectives are in ``_horovod_collectives``,
+``load_model`` in ``_horovod_load``. Everything reaches Horovod through the seam (``_hvd``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
-from hvdagent import _compat, _hvd
+from hvdagent import _hvd
+from hvdagent._hvd import _keras_api
 
 __all__ = [
     "Average",
@@ -29,7 +29,6 @@ __all__ = [
     "nccl_built",
     "mpi_enabled",
     "gloo_enabled",
-    "load_model",
 ]
 
 # --- reduction ops ---------------------------------------------------------------
@@ -242,82 +241,24 @@ def cross_size() -> int:
 
 def mpi_built() -> bool:
     """Whether Horovod was built with MPI."""
-    return _hvd.built("mpi")
+    return _keras_api.built("mpi")
 
 
 def gloo_built() -> bool:
     """Whether Horovod was built with Gloo."""
-    return _hvd.built("gloo")
+    return _keras_api.built("gloo")
 
 
 def nccl_built() -> bool:
     """Whether Horovod was built with NCCL (GPU collectives)."""
-    return _hvd.built("nccl")
+    return _keras_api.built("nccl")
 
 
 def mpi_enabled() -> bool:
-    """Whether this job runs on MPI (``horovodrun --mpi``, ``mpirun``)."""
-    return _hvd.enabled("mpi")
+    """Whether this job runs on MPI (``horovodrun --mpi``, ``mpirun``); False without a launcher."""
+    return _keras_api.enabled("mpi")
 
 
 def gloo_enabled() -> bool:
-    """Whether this job runs on Gloo (``horovodrun --gloo``, or no launcher)."""
-    return _hvd.enabled("gloo")
-
-
-# --- load_model -------------------------------------------------------------------
-
-
-def load_model(filepath, custom_optimizers=None, custom_objects=None, compression: Any = Compression.none,
-               legacy_opts: bool = False):
-    """Load a saved Keras model and make its optimizer distributed (Horovod's ``hvd.load_model``).
-
-    The optimizer state in the file (slots, iterations, learning rate) is
-    kept, so training continues where it stopped. Which Keras reads the file
-    follows ``tf.keras`` in this process: Keras 3, or tf_keras under
-    ``TF_USE_LEGACY_KERAS=1``. A file that holds an hvdagent optimizer is
-    distributed anew with ``compression`` (its other options are Horovod's
-    defaults), as Horovod's ``load_model`` does.
-
-    Args:
-        filepath: the saved model (``.keras``; ``.h5`` with tf_keras).
-        custom_optimizers: optimizer classes of your own that the file uses.
-        custom_objects: other custom classes or functions, by name.
-        compression: gradient compression of the new distributed optimizer.
-        legacy_opts: Horovod's switch for ``tf.keras.optimizers.legacy``;
-            tf_keras reads those without it (accepted, no effect).
-
-    Returns:
-        The compiled model; ``model.optimizer`` is distributed.
-
-    Raises:
-        TypeError: ``custom_optimizers`` is not a list of classes.
-        ValueError: the file holds no compiled optimizer.
-    """
-    from hvdagent._optimizer import DistributedOptimizer, is_distributed
-
-    objects = dict(custom_objects or {})
-    if custom_optimizers is not None:
-        if not isinstance(custom_optimizers, (list, tuple)) or not all(isinstance(c, type) for c in custom_optimizers):
-            raise TypeError(f"custom_optimizers must be a list of optimizer classes. Received: custom_optimizers={custom_optimizers!r}")
-        objects.update({cls.__name__: cls for cls in custom_optimizers})
-    if not isinstance(legacy_opts, bool):
-        raise TypeError(f"legacy_opts must be a bool. Received: legacy_opts={legacy_opts!r}")
-    wire = compression_name(compression)
-    gen = _compat.active_generation()
-    if gen == _compat.KERAS3:
-        import hvdagent._keras3_optimizer  # noqa: F401 (registers the class a file may name)
-    keras_module = _compat.keras_module(gen)
-    model = keras_module.models.load_model(os.fspath(filepath), custom_objects=objects or None)
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        raise ValueError(
-            "the saved model has no optimizer (it was saved uncompiled, or with include_optimizer=False); "
-            f"load it with keras.models.load_model and compile it. Received: filepath={os.fspath(filepath)!r}"
-        )
-    if is_distributed(optimizer):
-        # A file written with an hvdagent optimizer: wrap its inner optimizer
-        # anew, as Horovod does, so that ``compression`` is the one asked for.
-        optimizer = optimizer.inner_optimizer
-    model.optimizer = DistributedOptimizer(optimizer, compression=wire)
-    return model
+    """Whether this job runs on Gloo (``horovodrun --gloo``); False without a launcher."""
+    return _keras_api.enabled("gloo")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from hvdagent import _hvd
+from hvdagent._hvd import _keras_api
 from hvdagent._horovod_api import Compression, compression_name, op_name
 
 __all__ = [
@@ -77,7 +78,7 @@ def allgather(value: Any, name: Optional[str] = None):
         >>> hvd.allgather([[1, 2]]).numpy().tolist()
         [[1, 2]]
     """
-    return _hvd.allgather_tensor(value, name=name)
+    return _keras_api.allgather_tensor(value, name=name)
 
 
 def broadcast(value: Any, root_rank: int, name: Optional[str] = None):
@@ -89,7 +90,7 @@ def broadcast(value: Any, root_rank: int, name: Optional[str] = None):
         7
     """
     _check_root_rank(root_rank)
-    return _hvd.broadcast_tensor(value, root_rank, name=name)
+    return _keras_api.broadcast_tensor(value, root_rank, name=name)
 
 
 def broadcast_object(obj: Any, root_rank: int = 0, session: Any = None, name: Optional[str] = None,

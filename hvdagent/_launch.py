@@ -248,7 +248,7 @@ def _validate_env(env) -> Dict[str, str]:
 
 
 def _launcher_vars() -> str:
-    return ", ".join(f"{k}={os.environ[k]}" for k in _hvd._LAUNCHER_ENV if k in os.environ)
+    return ", ".join(f"{k}={os.environ[k]}" for k in _hvd.LAUNCHER_ENV if k in os.environ)
 
 
 def _pickle_call(fn, args, kwargs) -> bytes:

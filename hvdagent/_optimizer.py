@@ -6,9 +6,9 @@ from typing import Any, Optional
 
 from hvdagent import _compat
 from hvdagent._horovod_api import Average, Compression, optimizer_options
-from hvdagent._sync import COMPRESSIONS, OPS, GradientSync
+from hvdagent._sync import Parts, SyncOptions
 
-__all__ = ["DistributedOptimizer", "distribute", "is_distributed"]
+__all__ = ["DistributedOptimizer", "wrap", "parts_of", "is_distributed", "inner_of"]
 
 
 def DistributedOptimizer(  # noqa: N802 (a constructor-like factory, as in Horovod)
@@ -98,15 +98,13 @@ def DistributedOptimizer(  # noqa: N802 (a constructor-like factory, as in Horov
         process_set=process_set,
         scale_local_gradients=scale_local_gradients,
     )
-    return distribute(optimizer, **options)
+    name = options.pop("name")
+    return wrap(optimizer, SyncOptions(**options), name=name)
 
 
-def distribute(optimizer: Any, name: Optional[str] = None, **options):
-    """Make ``optimizer`` distributed with hvdagent's own options (the internal
-    creation path: ``op``, ``compression`` as strings, ``backward_passes_per_step``
-    averaging the accumulated gradients, ``sparse_as_dense``,
-    ``gradient_predivide_factor``). ``DistributedAgent`` calls this."""
-    if sync_of(optimizer) is not None:
+def wrap(optimizer: Any, options: SyncOptions, name: Optional[str] = None):
+    """Make ``optimizer`` distributed with validated ``options`` (the agent's entry point)."""
+    if is_distributed(optimizer):
         raise ValueError(
             "optimizer is already an hvdagent.DistributedOptimizer; wrap the inner optimizer once. "
             f"Received: optimizer=<{type(optimizer).__name__} name={getattr(optimizer, 'name', '?')}>"
@@ -116,60 +114,32 @@ def distribute(optimizer: Any, name: Optional[str] = None, **options):
             "optimizer must be a keras.optimizers.Optimizer (Keras 3) or a tf_keras.optimizers.Optimizer "
             f"(Keras 2) instance. Received: optimizer={optimizer!r} of type {type(optimizer).__name__}"
         )
-    if type(optimizer).__name__ == "LossScaleOptimizer" or "horovod" in type(optimizer).__module__:
+    gen = _compat.generation(optimizer)
+    if "horovod" in type(optimizer).__module__ or (gen == _compat.KERAS2 and type(optimizer).__name__ == "LossScaleOptimizer"):
         raise ValueError(
             f"optimizer {type(optimizer).__name__} cannot be wrapped: pass the plain optimizer "
-            f"(loss scaling and Horovod's own wrapper are not supported). Received: optimizer={optimizer!r}"
+            f"(Horovod's own wrapper and tf_keras' loss scaling are not supported). Received: optimizer={optimizer!r}"
         )
-    options = _validate_options(**options)
-    if _compat.generation(optimizer) == _compat.KERAS3:
+    parts = Parts.create(options)
+    if gen == _compat.KERAS3:
         from hvdagent._keras3_optimizer import Keras3DistributedOptimizer
 
-        return Keras3DistributedOptimizer(optimizer, name=name, **options)
+        return Keras3DistributedOptimizer(optimizer, parts, name=name)
     from hvdagent._keras2_optimizer import make_distributed
 
-    return make_distributed(optimizer, **options)
+    return make_distributed(optimizer, parts)
 
 
-def _validate_options(op, compression, backward_passes_per_step, sparse_as_dense, gradient_predivide_factor) -> dict:
-    if op not in OPS:
-        raise ValueError(f"op must be one of {OPS}. Received: op={op!r}")
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
-    if isinstance(backward_passes_per_step, bool) or not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
-        raise ValueError(
-            "backward_passes_per_step must be an integer >= 1. "
-            f"Received: backward_passes_per_step={backward_passes_per_step!r}"
-        )
-    if not isinstance(gradient_predivide_factor, (int, float)) or gradient_predivide_factor <= 0:
-        raise ValueError(
-            "gradient_predivide_factor must be a number > 0. "
-            f"Received: gradient_predivide_factor={gradient_predivide_factor!r}"
-        )
-    if gradient_predivide_factor != 1.0 and op != "average":
-        raise ValueError(
-            "gradient_predivide_factor only applies to op='average'. "
-            f"Received: gradient_predivide_factor={gradient_predivide_factor!r}, op={op!r}"
-        )
-    return {
-        "op": op,
-        "compression": compression,
-        "backward_passes_per_step": backward_passes_per_step,
-        "sparse_as_dense": bool(sparse_as_dense),
-        "gradient_predivide_factor": float(gradient_predivide_factor),
-    }
-
-
-def sync_of(optimizer: Any) -> Optional[GradientSync]:
-    """The :class:`GradientSync` of a distributed optimizer, else None."""
-    return getattr(optimizer, "_hvdagent_sync", None) if optimizer is not None else None
+def parts_of(optimizer: Any) -> Optional[Parts]:
+    """The :class:`Parts` of a distributed optimizer, else None (the one accessor)."""
+    return getattr(optimizer, "_hvdagent", None) if optimizer is not None else None
 
 
 def is_distributed(optimizer: Any) -> bool:
     """True if ``optimizer`` came from :func:`DistributedOptimizer`."""
-    return sync_of(optimizer) is not None
+    return parts_of(optimizer) is not None
 
 
 def inner_of(optimizer: Any):
-    """The optimizer holding the real state (learning rate, slots)."""
-    return getattr(optimizer, "inner_optimizer", optimizer)
+    """The user's optimizer inside a distributed one (itself otherwise)."""
+    return getattr(optimizer, "inner_optimizer", optimizer) if is_distributed(optimizer) else optimizer

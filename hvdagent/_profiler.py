@@ -7,9 +7,7 @@ reports:
 
 * ``sync_time``: seconds from "all of this rank's gradients are computed" to
   "all reduced gradients are back". It includes waiting for slower ranks, so
-  it is the time this rank loses to synchronisation. When allreduces overlap
-  the backward pass (``GradientSync.overlap``), only the part that is not
-  hidden is counted.
+  it is the time this rank loses to synchronisation.
 * ``compute_time``: the rest of the epoch's wall time (forward, backward,
   optimizer update, input pipeline, callbacks).
 * ``sync_fraction``: ``sync_time / wall time``.
@@ -106,21 +104,24 @@ class SyncProfiler(Callback):
         self._start = None
 
     def _sync(self):
-        sync = getattr(getattr(self.model, "optimizer", None), "_hvdagent_sync", None)
-        if sync is None:
+        from hvdagent._optimizer import parts_of
+
+        parts = parts_of(getattr(self.model, "optimizer", None))
+        if parts is None:
             raise ValueError(
                 "SyncProfiler needs a model whose optimizer is an hvdagent.DistributedOptimizer (use it with "
                 "DistributedAgent.fit, or compile with hvdagent.DistributedOptimizer). "
                 f"Received: model.optimizer={getattr(self.model, 'optimizer', None)!r}"
             )
-        return sync
+        return parts.sync
 
     def on_train_begin(self, logs=None):
         sync = self._sync()
         if isinstance(sync.timer, _SyncTimer):
             self._timer = sync.timer
             return
-        self._timer = sync.timer = _SyncTimer()
+        self._timer = _SyncTimer()
+        sync.attach_timer(self._timer)
         # The train step may have been compiled without the timestamps (an
         # earlier fit); recompile it. Keras reads model.train_function on every
         # step, so replacing it here takes effect for this fit.

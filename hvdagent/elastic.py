@@ -72,7 +72,7 @@ class KerasState:
         self._attrs = dict(kwargs)
         for key, value in self._attrs.items():
             setattr(self, key, value)
-        self._state = _hvd.api_elastic_state(self)
+        self._state = _hvd.make_elastic_state(self)  # its save/restore/sync/reset call ours
         self._save_model()
 
     # --- what Horovod's State offers (delegated) --------------------------------------
@@ -147,7 +147,7 @@ def run(func: Callable) -> Callable:
     worker restores the last commit; a host change re-forms the job. Do not
     call collectives before ``func`` runs: new workers join at that point.
     """
-    return _hvd.api_elastic_run(func)
+    return _hvd.elastic_run(func)
 
 
 class CommitStateCallback(EitherKerasCallback):

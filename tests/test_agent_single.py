@@ -32,19 +32,24 @@ def test_agent_fit_on_one_process_equals_plain_keras():
         np.testing.assert_allclose(wa, wb, atol=1e-6)
     assert ha.history["loss"] == pytest.approx(hb.history["loss"], abs=1e-6)
     res = agent.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
-    assert set(res) == {"loss", "mae"}
+    expected = b.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+    assert res == pytest.approx(expected, abs=1e-6) and set(res) == {"loss", "mae"}
     np.testing.assert_allclose(agent.predict(x, verbose=0), b.predict(x, verbose=0), atol=1e-5)
 
 
 def test_already_compiled_model_keeps_loss_metrics_and_gets_a_distributed_optimizer():
     x, y = _data()
-    model = _model()
+    model, plain = _model(), _model()
     model.compile(keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
+    plain.compile(keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
     agent = hvdagent.DistributedAgent(model)
     assert hvdagent._optimizer.is_distributed(model.optimizer)
     assert model.optimizer.inner_optimizer.__class__.__name__ == "Adam"
-    history = agent.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    history = agent.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    expected = plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     assert set(history.history) == {"loss", "mae"}
+    for key in ("loss", "mae"):
+        assert history.history[key] == pytest.approx(expected.history[key], abs=1e-6)
 
 
 def test_bad_inputs_are_named_with_the_received_value():
@@ -55,13 +60,18 @@ def test_bad_inputs_are_named_with_the_received_value():
     with pytest.raises(RuntimeError, match=r"call agent.compile\(optimizer, loss, ...\) before agent.fit"):
         agent.fit(x, y)
     agent.compile("sgd", loss="mse")
-    for bad in (0, -4, 2.5, True):
-        with pytest.raises(ValueError, match=f"batch_size must be a positive integer.*Received: batch_size={bad!r}"):
+    # One rule: a wrong type is a TypeError, a value out of range a ValueError; bools are not numbers.
+    for bad, error in ((0, ValueError), (-4, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match=rf"batch_size must be an integer >= 1 \(the per-rank batch size\)\. Received: batch_size={bad!r}"):
             agent.fit(x, y, batch_size=bad)
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
         agent.fit(x, y, epochs=-1)
-    with pytest.raises(ValueError, match="validation_split is not supported.*Received: validation_split=0.2"):
-        agent.fit(x, y, validation_split=0.2)
+    with pytest.raises(ValueError, match=r"validation_split must be a number in \[0, 1\). Received: validation_split=1.5"):
+        agent.fit(x, y, validation_split=1.5)
+    with pytest.raises(ValueError, match="warmup_epochs ramps the learning rate.*Received: scale_lr=False, warmup_epochs=2"):
+        hvdagent.DistributedAgent(_model(), scale_lr=False, warmup_epochs=2)
+    with pytest.raises(TypeError, match="scale_lr must be True or False. Received: scale_lr=1"):
+        hvdagent.DistributedAgent(_model(), scale_lr=1)
     with pytest.raises(ValueError, match="warmup_epochs must be a number >= 0. Received: warmup_epochs=-2"):
         hvdagent.DistributedAgent(_model(), warmup_epochs=-2)
     with pytest.raises(ValueError, match=r"op must be one of \('average', 'sum', 'adasum'\). Received: op='mean'"):
@@ -164,7 +174,7 @@ def test_checkpoint_dir_resumes_in_one_process_and_rejects_bad_input(tmp_path):
 
 
 def test_stall_timeout_is_validated():
-    with pytest.raises(ValueError, match="stall_timeout must be a number of seconds > 0, or None.*Received: stall_timeout=0"):
+    with pytest.raises(ValueError, match=r"stall_timeout must be a number > 0 \(seconds\), or None to disable\. Received: stall_timeout=0"):
         hvdagent.DistributedAgent(_model(), stall_timeout=0)
     assert hvdagent.DistributedAgent(_model(), stall_timeout=None).stall_timeout is None
 

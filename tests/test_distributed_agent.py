@@ -34,7 +34,8 @@ def test_replicas_bitwise_identical_after_different_initialisation(run):
     assert r0["initial_digest"] != r1["initial_digest"]  # different random starts...
     assert r0["final_digest"] == r1["final_digest"]  # ...identical after fit
     assert r0["history"] == r1["history"]  # same logs on every rank
-    assert r0["scaled_lr"] == pytest.approx(2 * 1e-2)  # scale_lr=True, 2 ranks
+    assert r0["scaled_lr"] == pytest.approx(2 * 1e-2)  # scale_lr=True, 2 ranks: applied rate
+    assert r0["stored_lr"] == pytest.approx(1e-2)  # the optimizer keeps the rate the user gave
 
 
 def test_metrics_are_exact_global_values(run):
@@ -44,6 +45,9 @@ def test_metrics_are_exact_global_values(run):
             assert r["eval_distributed"][key] == pytest.approx(r0["eval_single"][key], abs=1e-6)
             assert r["eval_after_fit"][key] == pytest.approx(r["eval_after_fit_single"][key], abs=1e-6)
         assert r["fit_val_loss"] == pytest.approx(r["eval_after_fit_single"]["loss"], abs=1e-6)
+    assert r0["rank0_only_eval"] == pytest.approx(r0["eval_after_fit_single"]["loss"], abs=1e-6)
+    assert "rank0_only_eval" not in r1
+    assert r0["after_rank0_only_eval"] == r1["after_rank0_only_eval"] == pytest.approx(r0["eval_after_fit_single"]["loss"], abs=1e-6)
 
 
 def test_predict_is_gathered_in_order_on_every_rank(run):

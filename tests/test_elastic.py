@@ -27,7 +27,7 @@ def _run_elastic(tmp_path, mode, start_slots):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=360, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     events = [json.loads(line) for p in out.glob("epochs-*.txt") for line in p.read_text().splitlines()]
-    begins = sorted((e["epoch"], e["size"], e["lr"]) for e in events if "epoch" in e)
+    begins = sorted((e["epoch"], e["size"], e["lr"], e["stored_lr"]) for e in events if "epoch" in e)
     digests = {}
     for e in events:
         if "end_of_epoch" in e:
@@ -37,14 +37,15 @@ def _run_elastic(tmp_path, mode, start_slots):
 
 
 def _check_rates(begins):
-    assert all(lr == pytest.approx(0.01 * size) for _, size, lr in begins)  # 0.01 per worker
+    assert all(lr == pytest.approx(0.01 * size) for _, size, lr, _ in begins)  # applied: 0.01 per worker
+    assert all(stored == pytest.approx(0.01) for *_, stored in begins)  # the optimizer keeps the given rate
 
 
 @pytest.mark.timeout(400)
 def test_losing_a_worker_keeps_training_with_consistent_state(tmp_path):
     begins, digests, results = _run_elastic(tmp_path, "shrink", 2)
     # Epochs 0-1 on 2 workers; epochs 2-4 on the remaining one; none repeated.
-    assert [(ep, size) for ep, size, _ in begins] == [(0, 2), (0, 2), (1, 2), (1, 2), (2, 1), (3, 1), (4, 1)]
+    assert [(ep, size) for ep, size, *_ in begins] == [(0, 2), (0, 2), (1, 2), (1, 2), (2, 1), (3, 1), (4, 1)]
     _check_rates(begins)
     assert len(digests[0]) == len(digests[1]) == 1  # both workers identical while both ran
     (result,) = results
@@ -55,7 +56,7 @@ def test_losing_a_worker_keeps_training_with_consistent_state(tmp_path):
 @pytest.mark.timeout(400)
 def test_a_joining_worker_gets_the_committed_state_and_the_data_is_resharded(tmp_path):
     begins, digests, results = _run_elastic(tmp_path, "grow", 1)
-    assert [(ep, size) for ep, size, _ in begins] == [(0, 1), (1, 1), (2, 2), (2, 2), (3, 2), (3, 2), (4, 2), (4, 2)]
+    assert [(ep, size) for ep, size, *_ in begins] == [(0, 1), (1, 1), (2, 2), (2, 2), (3, 2), (3, 2), (4, 2), (4, 2)]
     _check_rates(begins)
     for epoch in (2, 3, 4):
         assert len(digests[epoch]) == 1  # the new worker holds exactly the old one's weights
@@ -68,7 +69,7 @@ def test_a_worker_leaving_mid_epoch_resumes_at_the_last_batch_commit(tmp_path):
     begins, _, results = _run_elastic(tmp_path, "shrink_mid", 2)
     # Epoch 1 starts on 2 workers, is interrupted after batch 6 (a commit every 2 batches),
     # and is finished by the remaining worker; then epochs 2-4 on 1 worker.
-    assert [(ep, size) for ep, size, _ in begins] == [(0, 2), (0, 2), (1, 1), (1, 2), (1, 2), (2, 1), (3, 1), (4, 1)]
+    assert [(ep, size) for ep, size, *_ in begins] == [(0, 2), (0, 2), (1, 1), (1, 2), (1, 2), (2, 1), (3, 1), (4, 1)]
     _check_rates(begins)
     (result,) = results
     assert result["epochs_logged"] == 5

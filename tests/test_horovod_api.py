@@ -35,7 +35,7 @@ def test_horovod_names_work_in_one_process():
     assert (hvd.cross_size(), hvd.cross_rank()) == (1, 0)
     assert hvd.gloo_built() is True and hvd.mpi_built() is True  # ci/setup.sh builds both
     assert hvd.nccl_built() is False  # CPU build
-    assert hvd.gloo_enabled() is True and hvd.mpi_enabled() is False  # no launcher: a lone Gloo process
+    assert hvd.gloo_enabled() is False and hvd.mpi_enabled() is False  # no launcher: no Horovod controller runs
     assert (hvd.Average, hvd.Sum, hvd.Adasum) == ("average", "sum", "adasum")
     assert float(hvd.allreduce(3.0, op=hvd.Sum)) == 3.0
     assert hvd.allreduce([1.0, 2.0], prescale_factor=2.0, postscale_factor=0.5).numpy().tolist() == [1.0, 2.0]
@@ -92,17 +92,23 @@ def test_signatures_are_horovods():
 # --- DistributedOptimizer ---------------------------------------------------------------------
 
 
+def _sync(optimizer):
+    from hvdagent._optimizer import parts_of
+
+    return parts_of(optimizer).sync.options
+
+
 def test_distributed_optimizer_maps_horovods_arguments():
     sgd = keras.optimizers.SGD
-    assert hvd.DistributedOptimizer(sgd(0.1), compression=hvd.Compression.fp16, op=hvd.Sum).sync.config()["op"] == "sum"
+    assert _sync(hvd.DistributedOptimizer(sgd(0.1), compression=hvd.Compression.fp16, op=hvd.Sum)).op == "sum"
     for given, wire in ((hvd.Compression.none, None), (hvd.Compression.fp16, "fp16"), (hvd.Compression.bf16, "bf16"),
                         (None, None), ("fp16", "fp16"), ("bf16", "bf16")):
-        assert hvd.DistributedOptimizer(sgd(0.1), compression=given).sync.compression == wire
+        assert _sync(hvd.DistributedOptimizer(sgd(0.1), compression=given)).compression == wire
     opt = hvd.DistributedOptimizer(sgd(0.1), name="dist", op="adasum", sparse_as_dense=True, num_groups=0,
                                    groups=None, scale_local_gradients=False, device_dense="", device_sparse="")
-    assert opt.name == "dist" and opt.sync.config()["op"] == "adasum" and opt.sync.sparse_as_dense
+    assert opt.name == "dist" and _sync(opt).op == "adasum" and _sync(opt).sparse_as_dense
     # Horovod's own global process set has id 0
-    assert hvd.DistributedOptimizer(sgd(0.1), process_set=type("PS", (), {"process_set_id": 0})()).sync.op == "average"
+    assert _sync(hvd.DistributedOptimizer(sgd(0.1), process_set=type("PS", (), {"process_set_id": 0})())).op == "average"
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -265,7 +271,7 @@ def test_load_model_continues_with_a_distributed_optimizer(tmp_path):
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
     loaded = hvd.load_model(tmp_path / "m.keras", compression=hvd.Compression.fp16)
-    assert loaded.optimizer.sync.compression == "fp16"
+    assert _sync(loaded.optimizer).compression == "fp16"
     assert int(loaded.optimizer.iterations.numpy()) == 4
     for a, b in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)

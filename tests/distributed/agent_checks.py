@@ -73,7 +73,8 @@ agent.compile(keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy
 history = agent.fit(x, y_cls, batch_size=16, epochs=3, shuffle=True, verbose=0)
 checks.record("final_digest", weights_digest(model))
 checks.record("history", {k: [float(v) for v in vals] for k, vals in history.history.items()})
-checks.record("scaled_lr", float(np.asarray(model.optimizer.learning_rate)))
+checks.record("scaled_lr", hvdagent._optimizer.parts_of(model.optimizer).lr.effective_rate(model.optimizer))
+checks.record("stored_lr", float(np.asarray(model.optimizer.learning_rate)))  # what the user gave, and what is saved
 
 # 3. Exact metrics: an uneven validation set (101 samples over 2 ranks, batch 16).
 xv, yv = x[:101], y_cls[:101]
@@ -97,6 +98,12 @@ agent.save(path)
 if rank == 0:
     np.save(os.path.join(out_dir, "expected_pred.npy"), model.predict(x[:20], verbose=0))
     np.save(os.path.join(out_dir, "x20.npy"), x[:20])
+
+# The user's own model.evaluate on rank 0 alone is a plain local call (the
+# Horovod habit): no collective, no hang; the next collective call works.
+if rank == 0:
+    checks.record("rank0_only_eval", model.evaluate(xv, yv, batch_size=32, return_dict=True, verbose=0)["loss"])
+checks.record("after_rank0_only_eval", agent.evaluate(xv, yv, batch_size=32, return_dict=True, verbose=0)["loss"])
 
 # 6. Uneven data (shard=False): 2 batches vs 1, then 1 batch vs 0.
 for name, counts in (("uneven_2v1", (16, 8)), ("uneven_1v0", (8, 0))):

@@ -41,7 +41,8 @@ class Shrink(keras.callbacks.Callback):
         self.epoch = epoch
         with open(log, "a") as f:
             f.write(json.dumps({"epoch": epoch, "rank": hvdagent.rank(), "size": hvdagent.size(),
-                                "lr": float(np.asarray(self.model.optimizer.learning_rate))}) + "\n")
+                                "lr": hvdagent._optimizer.parts_of(self.model.optimizer).lr.effective_rate(self.model.optimizer),
+                                "stored_lr": float(np.asarray(self.model.optimizer.learning_rate))}) + "\n")
 
     def on_train_batch_end(self, batch, logs=None):
         if mode == "shrink_mid" and self.epoch == 1 and batch == 5 and hvdagent.rank() == 0 and hvdagent.size() == 2:

@@ -81,15 +81,40 @@ for dense in (False, True):
     agent.fit(tokens, targets, batch_size=16, epochs=1, verbose=0)
     checks.record(f"sparse_as_dense_{dense}_digest", weights_digest(emb))
 
+# Local SGD (sync_every=4): ranks apply their own gradients and average the
+# weights every 4 updates and at every epoch end: identical replicas after fit,
+# a different trajectory from every-step sync; averaging is the exact mean.
+model, _ = train(sync_every=4, epochs=2)
+every_step, _ = train(epochs=2)
+checks.record("local_sgd_digest", weights_digest(model))
+checks.record("local_sgd_vs_every_step", max_diff(model, every_step))
+model, _ = train(sync_every=4, local_sgd_warmup_epochs=1, epochs=1)
+checks.record("local_sgd_warmup_vs_every_step", max_diff(model, base))  # 1 epoch of every-step sync first
+parts = hvdagent._optimizer.parts_of(model.optimizer)
+probe = [tf.Variable(tf.fill([3], float(rank + 1))), tf.Variable(tf.fill([2, 2], 10.0 * (rank + 1)))]
+parts.sync.average_weights(probe)
+checks.record("local_sgd_average", [v.numpy().tolist() for v in probe])
+checks.expect_error("local_sgd_with_accumulation", ValueError, hvdagent.DistributedAgent, mlp(),
+                    sync_every=4, backward_passes_per_step=2)
+
 # Learning-rate scaling: float with warm-up, and a schedule.
 model, history = train(scale_lr=True, warmup_epochs=2, epochs=3, optimizer=keras.optimizers.SGD(0.01))
-checks.record("warmup_final_lr", float(np.asarray(model.optimizer.learning_rate)))
+def applied_lr(model):
+    """The rate the next update applies (the stored rate times the scale)."""
+    return hvdagent._optimizer.parts_of(model.optimizer).lr.effective_rate(model.optimizer)
+
+
+checks.record("warmup_final_lr", applied_lr(model))
+checks.record("warmup_stored_lr", float(np.asarray(model.optimizer.learning_rate)))
 schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=100, decay_rate=0.5)
 model, _ = train(scale_lr=True, optimizer=keras.optimizers.SGD(schedule))
 steps = int(model.optimizer.iterations.numpy())
-checks.record("schedule_lr_ratio", float(np.asarray(model.optimizer.learning_rate)) / float(schedule(steps)))
+checks.record("schedule_lr_ratio", applied_lr(model) / float(schedule(steps)))
 model, _ = train(scale_lr=True, warmup_epochs=1, epochs=2, optimizer=keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 100, 0.5)))
-checks.record("schedule_warmup_lr_ratio", float(np.asarray(model.optimizer.learning_rate)) / float(schedule(int(model.optimizer.iterations.numpy()))))
+checks.record("schedule_warmup_lr_ratio", applied_lr(model) / float(schedule(int(model.optimizer.iterations.numpy()))))
+# Mid-warm-up: after 1 of 2 warm-up epochs (16 of 32 updates) the multiplier is 1.5.
+model, _ = train(scale_lr=True, warmup_epochs=2, epochs=1, optimizer=keras.optimizers.SGD(0.01))
+checks.record("warmup_half_lr", applied_lr(model))
 
 # Synchronized decisions: EarlyStopping on the global val_loss; ReduceLROnPlateau.
 model = mlp(seed=2)
@@ -149,7 +174,8 @@ from hvdagent.callbacks import BroadcastGlobalVariablesCallback, LearningRateWar
 model = mlp(seed=10 + rank)  # different starts: the broadcast must fix that
 model.compile(optimizer=hvdagent.DistributedOptimizer(keras.optimizers.SGD(0.01 * size)), loss="mse", metrics=["mae"])
 history = model.fit(x[rank::size], y[rank::size], batch_size=16, epochs=3, verbose=0, callbacks=[
-    BroadcastGlobalVariablesCallback(0), MetricAverageCallback(), LearningRateWarmupCallback(initial_lr=0.01 * size, warmup_epochs=1)])
+    BroadcastGlobalVariablesCallback(0), MetricAverageCallback(),
+    LearningRateWarmupCallback(initial_lr=0.01 * size, warmup_epochs=1)])
 checks.record("recipe_digest", weights_digest(model))
 checks.record("recipe_history", {k: [float(v) for v in vals] for k, vals in history.history.items()})
 checks.record("recipe_lr", float(np.asarray(model.optimizer.learning_rate)))

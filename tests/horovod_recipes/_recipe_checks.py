@@ -25,6 +25,14 @@ def history_of(history) -> dict:
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
+def sync_options(optimizer):
+    """The gradient-sync options of an hvdagent distributed optimizer (None if it is not one)."""
+    from hvdagent._optimizer import parts_of
+
+    parts = parts_of(optimizer)
+    return None if parts is None else parts.sync.options
+
+
 def report(recipe: str, rank: int, **values) -> None:
     out = os.environ.get("HVDAGENT_RECIPE_OUT", ".")
     os.makedirs(out, exist_ok=True)

@@ -31,7 +31,7 @@ from sklearn.datasets import load_digits
 
 import hvdagent as hvd
 
-from _recipe_checks import digest, history_of, report
+from _recipe_checks import digest, history_of, report, sync_options
 
 parser = argparse.ArgumentParser(description="Keras digits example (after Horovod's ImageNet one)")
 parser.add_argument("--checkpoint-format", default="./checkpoint-{epoch}.keras", help="checkpoint file format")
@@ -137,5 +137,5 @@ report(
     trainable=digest(model.trainable_weights), weights=digest(model.get_weights()),
     opt_state=digest(model.optimizer.variables), iterations=int(model.optimizer.iterations.numpy()),
     momentum_slots=[digest([v]) for v in model.optimizer.inner_optimizer.momentums],
-    compression=str(model.optimizer.sync.compression), steps=train_batches // hvd.size(),
+    compression=str(sync_options(model.optimizer).compression), steps=train_batches // hvd.size(),
 )

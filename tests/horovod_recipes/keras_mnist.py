@@ -25,7 +25,7 @@ from sklearn.datasets import load_digits
 
 import hvdagent as hvd
 
-from _recipe_checks import digest, history_of, report
+from _recipe_checks import digest, history_of, report, sync_options
 
 EPOCHS, WARMUP_EPOCHS, BATCH = 4, 3, 32
 out_dir = sys.argv[1]
@@ -105,7 +105,7 @@ more = loaded.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0,
 report(
     "mnist", hvd.rank(), size=hvd.size(), keras3=keras3, steps=steps, history=history_of(history),
     final_lr=final_lr, weights=weights, opt_state=opt_state, files=files, loaded_same=loaded_same,
-    loaded_distributed=type(loaded.optimizer).__name__ + ":" + str(hasattr(loaded.optimizer, "_hvdagent_sync")),
+    loaded_distributed=type(loaded.optimizer).__name__ + ":" + str(sync_options(loaded.optimizer) is not None),
     loaded_iterations=loaded_iterations, iterations=int(opt.iterations.numpy()),
     after_load_weights=digest(loaded.get_weights()), after_load_loss=float(more.history["loss"][0]),
 )

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 import hvdagent as hvd
 
-from _recipe_checks import digest, report
+from _recipe_checks import digest, report, sync_options
 
 parser = argparse.ArgumentParser(description="TensorFlow Synthetic Benchmark",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -106,5 +106,5 @@ history = model.fit(dataset, batch_size=args.batch_size, steps_per_epoch=args.nu
 report(
     "synthetic", hvd.rank(), size=hvd.size(), keras3=os.environ.get("TF_USE_LEGACY_KERAS") != "1",
     trainable=digest(model.trainable_weights), loss=[float(v) for v in history.history["loss"]],
-    iterations=int(opt.iterations.numpy()), compression=str(opt._hvdagent_sync.compression),
+    iterations=int(opt.iterations.numpy()), compression=str(sync_options(opt).compression),
 )

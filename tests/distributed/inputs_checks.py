@@ -1,0 +1,153 @@
+"""Every input kind `keras.Model.fit` accepts, under `horovodrun --gloo -np 2` (Keras 3 or tf_keras).
+
+    horovodrun --gloo -np 2 python tests/distributed/inputs_checks.py OUT_DIR
+
+Training at 2 ranks x batch B on a split input is compared with plain Keras in
+one process at batch 2B on arrays (computed on every rank, without
+collectives). Every rank writes OUT_DIR/results-<rank>.json;
+tests/test_models_and_inputs.py asserts.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _worker import Checks, weights_digest  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import hvdagent  # noqa: E402
+from hvdagent import _hvd, _inputs  # noqa: E402
+
+LEGACY = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
+if LEGACY:
+    import tf_keras as keras  # noqa: E402
+
+    BatchSource = keras.utils.Sequence
+else:
+    import keras  # noqa: E402
+
+    BatchSource = keras.utils.PyDataset
+
+checks = Checks(sys.argv[1])
+rank, size = checks.rank, checks.size
+rng = np.random.default_rng(3)
+N, B = 128, 8
+x = rng.normal(size=(N, 5)).astype("float32")
+y = (x @ rng.normal(size=(5, 2))).astype("float32")
+labels = (x[:, 1] > 0).astype("int64")
+
+
+def mlp(seed=1):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
+
+
+def agent_and_reference(seed=1):
+    a, b = mlp(seed), mlp(seed)
+    agent = hvdagent.DistributedAgent(a, scale_lr=False)
+    agent.compile(keras.optimizers.SGD(0.05), loss="mse")
+    b.compile(keras.optimizers.SGD(0.05), loss="mse")
+    return agent, a, b
+
+
+def max_diff(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a.get_weights(), b.get_weights()))
+
+
+def compare(name, fit_input, steps=None, **fit_kwargs):
+    """Train on ``fit_input`` (consecutive batches of B); the reference trains on arrays at 2B."""
+    agent, a, b = agent_and_reference()
+    agent.fit(fit_input, epochs=2, verbose=0, steps_per_epoch=steps, **fit_kwargs)
+    used = (steps or N // (B * size)) * B * size  # samples per epoch: steps x global batch
+    b.fit(x[:used], y[:used], batch_size=B * size, epochs=2, shuffle=False, verbose=0)
+    checks.record(f"{name}_diff", max_diff(a, b))
+    checks.record(f"{name}_digest", weights_digest(a))
+    checks.record(f"{name}_updates", int(a.optimizer.iterations.numpy()))
+
+
+# 1. A Python generator with steps_per_epoch (every rank's generator yields the same stream).
+def batches_forever():
+    while True:
+        for i in range(0, N, B):
+            yield x[i:i + B], y[i:i + B]
+
+
+compare("generator", batches_forever(), steps=N // (B * size))
+
+
+# 2. A PyDataset (tf_keras: Sequence): rank r loads batches r, r+2, ...
+class Batches(BatchSource):
+    def __init__(self):
+        super().__init__()
+        self.loaded = []
+
+    def __len__(self):
+        return N // B
+
+    def __getitem__(self, i):
+        self.loaded.append(i)
+        return x[i * B:(i + 1) * B], y[i * B:(i + 1) * B]
+
+
+source = Batches()
+compare("pydataset", source)
+checks.record("pydataset_loaded", sorted(set(source.loaded)))
+
+# 3. An infinite tf.data dataset with steps_per_epoch.
+compare("infinite_dataset", tf.data.Dataset.from_tensor_slices((x, y)).batch(B).repeat(), steps=N // (B * size))
+
+# 4. validation_split: the last 25% of the arrays (before shuffling), as in Keras.
+agent, a, b = agent_and_reference()
+h = agent.fit(x, y, batch_size=B, epochs=1, validation_split=0.25, shuffle=False, verbose=0)
+b.fit(x[:96], y[:96], batch_size=B * size, epochs=1, shuffle=False, verbose=0)
+checks.record("validation_split_diff", max_diff(a, b))
+checks.record("validation_split_val_loss", float(h.history["val_loss"][0]))
+checks.record("validation_split_val_loss_single", float(a.evaluate(x[96:], y[96:], verbose=0)))
+
+# 5. validation_data as a batched dataset; evaluate on a PyDataset.
+h = agent.fit(x, y, batch_size=B, epochs=1, validation_data=tf.data.Dataset.from_tensor_slices((x[:70], y[:70])).batch(16),
+              verbose=0)
+checks.record("val_dataset_loss", float(h.history["val_loss"][0]))
+checks.record("val_dataset_loss_single", float(a.evaluate(x[:70], y[:70], verbose=0)))
+checks.record("eval_pydataset", float(agent.evaluate(Batches(), verbose=0)))
+checks.record("eval_arrays_single", float(a.evaluate(x, y, verbose=0)))
+
+# 6. predict on a dataset and a PyDataset: every rank gets all outputs, in order.
+expected = a.predict(x[:75], verbose=0)
+pred = agent.predict(tf.data.Dataset.from_tensor_slices(x[:75]).batch(8), verbose=0)
+checks.record("predict_dataset_diff", float(np.max(np.abs(pred - expected))))
+checks.record("predict_dataset_shape", list(pred.shape))
+pred = agent.predict(Batches(), verbose=0)
+checks.record("predict_pydataset_diff", float(np.max(np.abs(pred - a.predict(x, verbose=0)))))
+
+# 7. Pipelines with unseeded shuffles (keras-io's structured-data and text examples):
+# every rank iterates them in the same order, so the split is a partition.
+ids = tf.data.Dataset.range(100).shuffle(100).batch(8)
+mine = _inputs.prepare(ids)
+epochs = [sorted(int(v) for b in mine for v in b.numpy()) for _ in range(2)]
+orders = [[int(v) for b in mine for v in b.numpy()] for _ in range(2)]
+checks.record("unseeded_epochs", _hvd.allgather_object(epochs))
+checks.record("unseeded_orders_differ", orders[0] != orders[1])
+keras.utils.set_random_seed(9)
+clf = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, activation="softmax")])
+agent = hvdagent.DistributedAgent(clf)
+agent.compile("adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+train_ds = tf.data.Dataset.from_tensor_slices((x, labels)).shuffle(buffer_size=N).batch(16)
+val_ds = tf.data.Dataset.from_tensor_slices((x[:90], labels[:90])).shuffle(buffer_size=90).batch(16)
+agent.fit(train_ds, epochs=2, validation_data=val_ds, verbose=0)
+checks.record("unseeded_eval", agent.evaluate(val_ds, return_dict=True, verbose=0))
+checks.record("unseeded_eval_single", clf.evaluate(x[:90], labels[:90], return_dict=True, verbose=0))
+checks.record("unseeded_digest", weights_digest(clf))
+
+# 8. Bad input: named, on every rank.
+agent, a, b = agent_and_reference()
+checks.expect_error("generator_without_steps", ValueError, agent.fit, batches_forever(), epochs=1, verbose=0)
+checks.expect_error("infinite_without_steps", ValueError, agent.fit,
+                    tf.data.Dataset.from_tensor_slices((x, y)).batch(B).repeat(), epochs=1, verbose=0)
+checks.expect_error("split_with_dataset", ValueError, agent.fit,
+                    tf.data.Dataset.from_tensor_slices((x, y)).batch(B), validation_split=0.2, verbose=0)
+checks.expect_error("y_with_dataset", ValueError, agent.fit, tf.data.Dataset.from_tensor_slices((x, y)).batch(B), y)
+checks.record("ok", True)
+checks.finish()

@@ -104,6 +104,9 @@ class KerasState:
     def sync(self) -> None:
         self._sync()
 
+    def reset(self) -> None:
+        self._reset()
+
     # --- the hooks Horovod's State calls -------------------------------------------------
     def _tracked(self) -> list:
         if not getattr(self.optimizer, "built", True):

@@ -16,6 +16,7 @@ from hvdagent._version import __version__
 from hvdagent._agent import DistributedAgent
 from hvdagent._data import shard_dataset
 from hvdagent._launch import LaunchError, LaunchTimeoutError, launch
+from hvdagent._layers import SyncBatchNormalization
 from hvdagent._optimizer import DistributedOptimizer
 from hvdagent._process import init, is_chief, local_rank, local_size, rank, size
 from hvdagent._profiler import SyncProfiler
@@ -63,6 +64,7 @@ __all__ = [
     "DistributedOptimizer",
     "shard_dataset",
     "SyncProfiler",
+    "SyncBatchNormalization",
     "launch",
     "LaunchError",
     "LaunchTimeoutError",

@@ -19,16 +19,10 @@ class DistributedAgent:
     ``horovodrun -np 4 python script.py``; run with plain ``python`` it is
     ordinary single-process Keras, and Horovod need not be installed.
 
-    * **Batch size is per rank**: the global batch is ``batch_size * size``.
-    * **Gradients** are averaged across ranks every step (weighted by each
-      rank's batch size), before the optimizer applies them.
-    * **Initial state**: model and optimizer variables are broadcast from rank
-      0 when ``fit`` starts.
-    * **Metrics** in logs, ``History`` and ``evaluate`` are exact global values
-      (metric state is summed across ranks), identical on every rank.
-    * **Data**: every input ``model.fit`` accepts is split by rank (see
-      :mod:`hvdagent._inputs`); every rank runs the same number of steps.
-    * **Output**: progress bar and file-writing callbacks on rank 0 only.
+    The batch size is per rank; gradients are averaged every step (weighted
+    by batch size); rank 0's variables are broadcast when ``fit`` starts;
+    metrics are exact global values; every input ``model.fit`` accepts is
+    split by rank; output and files come from rank 0.
 
     Args:
         model: a ``keras.Model`` (Keras 3) or ``tf_keras.Model`` (Keras 2),
@@ -137,28 +131,17 @@ class DistributedAgent:
             elastic: bool = False, batches_per_commit: Optional[int] = None, profile: bool = False, **kwargs):
         """Train like ``keras.Model.fit``, synchronously on every rank.
 
-        Every argument of ``keras.Model.fit`` is accepted (``validation_split``,
-        ``sample_weight``, ``class_weight``, ``initial_epoch``, ...);
-        ``steps_per_epoch`` and ``validation_steps`` count this rank's steps.
-
-        Extra arguments:
-            shard: split the data by rank (default True). With ``False`` each
-                rank trains on the data it was given (it must differ per rank).
-            seed: the shuffle seed, identical on every rank (default 0).
-            checkpoint_dir: save model, optimizer state and progress here at
-                the end of every epoch (rank 0, atomically), and resume from
-                the latest checkpoint there when ``fit`` starts (default None).
-            elastic: keep training when workers leave or join under
-                ``horovodrun --min-np/--max-np`` (default False).
-            batches_per_commit: with ``elastic``, also commit every this many
-                batches (default None: at epoch ends only).
-            profile: add ``compute_time``, ``sync_time`` and ``sync_fraction``
-                to the logs and print them on rank 0 (default False; see
-                :class:`hvdagent.SyncProfiler`).
+        Takes every argument of ``keras.Model.fit``; ``steps_per_epoch`` and
+        ``validation_steps`` count this rank's steps. Extra arguments:
+        ``shard`` (default True; False: each rank trains on the data it was
+        given), ``seed`` (the shuffle seed, default 0), ``checkpoint_dir``
+        (save every epoch on rank 0, atomically, and resume from there),
+        ``elastic`` and ``batches_per_commit`` (keep training while workers
+        leave or join under ``horovodrun --min-np/--max-np``), ``profile``
+        (compute vs sync time per epoch, see :class:`hvdagent.SyncProfiler`).
 
         Returns:
-            The ``History``; its values are the exact global metrics, the
-            same on every rank. A resumed run's history holds the epochs it ran.
+            The ``History``: exact global metrics, the same on every rank.
         """
         self._require_compiled("fit")
         if batch_size is not None:
@@ -202,6 +185,7 @@ class DistributedAgent:
         if validation_data is not None:
             val = _inputs.validation(validation_data, kwargs.pop("validation_batch_size", None) or batch_size, val_steps)
         per_epoch = steps or _data.steps_of(ds)
+        _steps.check_synchronized_batchnorm(self.model, _data.padded_steps(ds))
         self._configure(per_epoch)
         _compat.build_from_spec(self.model, ds.element_spec)
         cbs = _callbacks.for_fit(self.model, callbacks, stall_timeout=self.stall_timeout, checkpointer=checkpointer,

@@ -180,6 +180,14 @@ def build_from_spec(model, element_spec) -> None:
         model(zeros, training=False)
 
 
+def synchronized_batchnorm_layers(model) -> list:
+    """The model's ``BatchNormalization(synchronized=True)`` layers (Keras 3; tf_keras: none)."""
+    if generation(model) != KERAS3:
+        return []
+    bn = _keras3().layers.BatchNormalization
+    return [layer for layer in model._flatten_layers() if isinstance(layer, bn) and getattr(layer, "synchronized", False)]
+
+
 def active_generation() -> int:
     """The Keras that ``tf.keras`` means in this process (TF_USE_LEGACY_KERAS=1: Keras 2)."""
     import os

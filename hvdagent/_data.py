@@ -29,6 +29,7 @@ from hvdagent import _hvd, _validate
 __all__ = ["shard_dataset"]
 
 _STEPS_ATTR = "_hvdagent_steps"
+_PADDED_ATTR = "_hvdagent_padded"
 
 
 def _tf():
@@ -165,7 +166,14 @@ def equalize(ds, local_steps: int, steps: int):
         pad = _tf().data.Dataset.from_tensors(_empty_batch(ds.element_spec)).repeat(steps - local_steps)
         ds = ds.concatenate(pad)
     # A known length lets Keras size its progress bar and epochs exactly.
-    return with_steps(ds.apply(_tf().data.experimental.assert_cardinality(steps)), steps)
+    ds = with_steps(ds.apply(_tf().data.experimental.assert_cardinality(steps)), steps)
+    setattr(ds, _PADDED_ATTR, steps - local_steps)
+    return ds
+
+
+def padded_steps(ds) -> int:
+    """How many empty batches :func:`equalize` appended to this rank's dataset."""
+    return int(getattr(ds, _PADDED_ATTR, 0))
 
 
 def with_steps(ds, steps: int):

@@ -202,8 +202,11 @@ def split_validation(x, y, sample_weight, validation_split):
     tf = _tf()
     n = _data.num_samples(tuple(a for a in (x, y, sample_weight) if a is not None))
     cut = int(math.floor(n * (1.0 - fraction)))
-    head = tf.nest.map_structure(lambda a: a[:cut], (x, y, sample_weight))
-    tail = tf.nest.map_structure(lambda a: a[cut:], (x, y, sample_weight))
+    def cut_at(part):
+        return lambda a: None if a is None else a[part]
+
+    head = tuple(tf.nest.map_structure(cut_at(slice(None, cut)), v) for v in (x, y, sample_weight))
+    tail = tuple(tf.nest.map_structure(cut_at(slice(cut, None)), v) for v in (x, y, sample_weight))
     return head, tail
 
 

@@ -9,13 +9,16 @@ __all__ = ["init", "rank", "size", "local_rank", "local_size", "is_chief"]
 
 
 def init() -> None:
-    """Initialise Horovod for this process. Idempotent: later calls do nothing.
+    """Initialise this process's backend. Idempotent: later calls do nothing.
 
-    Every other helper calls it on first use, so calling it is optional.
+    Under a launcher (``horovodrun``, ``mpirun``, ``hvdagent.launch``, Ray,
+    Spark) that is Horovod; without one, a local single-process backend that
+    needs no Horovod. Every other helper calls it on first use, so calling it
+    is optional.
 
     Raises:
-        HorovodUnavailableError: Horovod is missing or broken (the message
-            points to ``python -m hvdagent doctor``).
+        HorovodUnavailableError: a launched process whose Horovod is missing
+            or broken (the message says how to fix it).
     """
     _hvd.init()
 

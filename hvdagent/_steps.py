@@ -11,6 +11,8 @@ user's; so the step functions are wrapped on the *instance*, around whatever
 ``train_step``/``test_step`` the model has (a custom one included), and
 ``get_metrics_result`` is wrapped so epoch-end metrics are reduced across
 ranks (exact global values: metric *state* is summed, not results averaged).
+``BatchNormalization(synchronized=True)`` layers get batch statistics over the
+global batch (Keras' own synchronization goes through ``tf.distribute``).
 
 Scope: :func:`distributed` installs the wrappers for the duration of one
 ``agent.fit``/``evaluate`` call and removes them afterwards. Outside the
@@ -177,10 +179,50 @@ class StatisticsSync:
         tf.cond(tf.logical_and(self._steps > 0, done >= self._steps), average, lambda: tf.constant(False))
 
 
+def _sync_moments(layer, inputs, mask):
+    """Batch statistics over the global batch (all ranks) for ``BatchNormalization(synchronized=True)``.
+
+    Per-channel sums, sums of squares and counts are summed across ranks (an
+    allreduce whose gradient is an allreduce, so the backward pass is the
+    global batch's too). Keras' own synchronized moments use ``tf.distribute``,
+    which knows nothing of Horovod's ranks.
+    """
+    import tensorflow as tf
+
+    if mask is not None:
+        raise ValueError("BatchNormalization(synchronized=True) under hvdagent does not take a mask. "
+                         f"Received: a mask for layer {layer.name!r}")
+    axes = list(layer._reduction_axes)
+    x = tf.cast(inputs, tf.float32)
+    total = tf.reduce_sum(x, axes, keepdims=True)
+    squares = tf.reduce_sum(tf.square(x), axes, keepdims=True)
+    count = tf.reshape(tf.cast(tf.size(x) // tf.maximum(tf.size(total), 1), tf.float32), [1])
+    total, squares, count = _hvd.allreduce([total, squares, count], op="sum", name=f"hvdagent_syncbn_{layer.name}")
+    n = tf.maximum(count[0], 1.0)
+    mean = total / n
+    variance = tf.maximum(squares / n - tf.square(mean), 0.0)
+    return (tf.cast(tf.squeeze(mean, axes), inputs.dtype), tf.cast(tf.squeeze(variance, axes), inputs.dtype))
+
+
+def check_synchronized_batchnorm(model, padded_steps: int) -> None:
+    """Synchronized BatchNormalization needs a real batch on every rank at every step
+    (a rank with an empty batch cannot join the statistics): a clear error on every rank."""
+    if _compat.synchronized_batchnorm_layers(model):
+        padded = _hvd.allgather_object(padded_steps, name="hvdagent_syncbn_padding")
+        if any(padded):
+            raise ValueError("BatchNormalization(synchronized=True) needs data on every rank at every step, but some "
+                             "ranks would get empty batches (uneven data): make the sample count a multiple of "
+                             "batch_size x size, or use shard_dataset(..., drop_remainder=True). "
+                             f"Received: empty batches per rank {padded}")
+
+
 @contextlib.contextmanager
 def distributed(model, cache: Dict, stats: StatisticsSync):
     """Within the block, ``model``'s steps and metric results are the distributed ones."""
     originals = {name: getattr(model, name) for name in _WRAPPED}
+    sync_bn = _compat.synchronized_batchnorm_layers(model)
+    for layer in sync_bn:
+        object.__setattr__(layer, "_moments", types.MethodType(_sync_moments, layer))
     wrapped = {
         "train_step": _train_step(model, originals["train_step"], stats),
         "test_step": _test_step(model, originals["test_step"]),
@@ -202,5 +244,7 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
         for name in _WRAPPED:
             if name in model.__dict__:
                 object.__delattr__(model, name)
+        for layer in sync_bn:
+            object.__delattr__(layer, "_moments")
         for name in _FUNCTIONS:
             setattr(model, name, None)

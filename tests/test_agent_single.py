@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-import hvdagent  # noqa: E402
+import hvdagent
 
 
 def _model(seed=0):

@@ -142,8 +142,14 @@ for policy in ("mixed_float16", "mixed_bfloat16"):
     checks.record(f"{policy}_loss", [float(v) for v in h.history["loss"]])
     checks.record(f"{policy}_optimizer", [type(a.optimizer.outer_optimizer()).__name__, type(a.optimizer.inner_optimizer).__name__])
     if policy == "mixed_float16":
-        path = os.path.join(out_dir, "mixed.keras")
-        agent.save(path)
+        agent.save(os.path.join(out_dir, "mixed.keras"))
+        if rank == 0:  # the same model saved by plain Keras, for the file layout
+            keras.utils.set_random_seed(200)
+            plain = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                                      keras.layers.Dense(2, dtype="float32")])
+            plain.compile(keras.optimizers.Adam(1e-2), loss="mse")
+            plain.fit(x, y, batch_size=B, epochs=1, verbose=0)
+            plain.save(os.path.join(out_dir, "mixed_plain.keras"))
 keras.mixed_precision.set_global_policy("float32")
 
 # 5. BatchNormalization: moving statistics identical on every rank after fit (averaged at
@@ -158,6 +164,22 @@ stats = [v.numpy() for v in bn.non_trainable_variables if "moving" in v.path]
 checks.record("bn_stats", [s.tolist() for s in stats])
 checks.record("bn_eval", agent.evaluate(x, y, return_dict=True, verbose=0)["loss"])
 checks.record("bn_eval_local", bn.evaluate(x, y, return_dict=True, verbose=0)["loss"])
+
+# 5b. Synchronized BatchNormalization: 2 ranks at batch B normalise like 1 process at 2B.
+def sync_bn_model():
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), hvdagent.SyncBatchNormalization(),
+                             keras.layers.Dense(2)])
+
+
+a, b = pair(sync_bn_model, {})
+agent = hvdagent.DistributedAgent(a, scale_lr=False)
+agent.compile(keras.optimizers.SGD(0.05), loss="mse")
+b.compile(keras.optimizers.SGD(0.05), loss="mse")  # one process: Keras' own synchronized BN is local
+agent.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+b.fit(x, y, batch_size=B * size, epochs=2, shuffle=False, verbose=0)
+checks.record("sync_bn_diff", max_diff(a, b))  # weights and moving statistics
+checks.record("sync_bn_digest", weights_digest(a))
+checks.expect_error("sync_bn_uneven", ValueError, agent.fit, x[:17], y[:17], batch_size=B, epochs=1, verbose=0)
 
 # 6. ModelCheckpoint of whole models during agent.fit: a plain file (checked in a fresh process).
 keras.utils.set_random_seed(6)

@@ -2,7 +2,7 @@
 
 Each recipe ends by calling :func:`report`, which writes what the test asserts
 on (learning rates, metrics, weight digests, files) to
-``$HVDAGENT_RECIPE_OUT/<recipe>-<rank>.json``. A faulthandler watchdog turns
+``$HVDAGENT_RECIPE_OUT/<recipe>-<rank>.json`` (when that is set: the tests set it). A faulthandler watchdog turns
 a hang into a stack dump and a non-zero exit before the test's own timeout.
 """
 
@@ -34,7 +34,10 @@ def sync_options(optimizer):
 
 
 def report(recipe: str, rank: int, **values) -> None:
-    out = os.environ.get("HVDAGENT_RECIPE_OUT", ".")
+    """Write ``values`` for the test; nothing when run by hand (no ``HVDAGENT_RECIPE_OUT``)."""
+    out = os.environ.get("HVDAGENT_RECIPE_OUT")
+    if not out:
+        return
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"{recipe}-{rank}.json")
     with open(path, "w") as f:

@@ -3,11 +3,13 @@
 #   make demo          the main job on one process
 #   make demo NP=2     the same job on 2 processes (horovodrun --gloo -np 2)
 #   make test          the whole test suite (what CI runs)
-#   make bench         the benchmark of docs/benchmarks.md (~10 minutes)
+#   make bench         the benchmark of docs/benchmarks.md, both controllers (~15 minutes,
+#                      on a quiet machine: it refuses to start on a busy one)
+#   make bench-quick   a tiny benchmark run: checks the tooling, not the speed (~2 minutes)
 PY := .venv/bin/python
 NP ?= 1
 
-.PHONY: setup demo test doctor bench
+.PHONY: setup demo test doctor bench bench-quick bench-report
 
 setup:
 	bash ci/setup.sh
@@ -25,5 +27,14 @@ test: setup
 doctor: setup
 	$(PY) -m hvdagent doctor
 
+# The tables are regenerated whatever the run's exit status (a refused run adds nothing).
 bench: setup
-	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --env HOROVOD_CYCLE_TIME=0.1
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --history docs/bench/history; rc=$$?; \
+	  $(PY) benchmarks/report.py --write docs/benchmarks.md && exit $$rc
+
+bench-quick: setup
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --tiny --allow-busy --configs single,hvdagent,horovod,nosync,localsgd \
+	  --out bench-results/quick
+
+bench-report:
+	$(PY) benchmarks/report.py --write docs/benchmarks.md

@@ -1,10 +1,12 @@
 """Measure each sync-overhead lever of issue 6 on hvdagent, interleaved.
 
-    python benchmarks/levers.py                 # every lever, 2 repeats (~15 min on 2 cores)
+    python benchmarks/levers.py                 # every lever, 2 repeats (~25 min on 2 cores)
     python benchmarks/levers.py --only mpi,fp16 --repeats 3
 
 Every variant is hvdagent with 2 ranks on the benchmark model, changed in one
-respect; ``nosync`` is the upper bound. Prints median samples/s, the ratio to
+respect; ``nosync`` is the upper bound. Every MPI variant runs with
+``OMPI_MCA_mpi_yield_when_idle=1`` (``run.mpi_env``). Like ``run.py``, it
+refuses to start on a busy machine unless ``--allow-busy``. Prints median samples/s, the ratio to
 the default (``base``) and the sync overhead ``1 - variant / nosync``, and
 writes ``<out>/levers.json``.
 """
@@ -32,7 +34,7 @@ VARIANTS = {
     "fusion1MB": ("hvdagent", "gloo", {"HOROVOD_FUSION_THRESHOLD": str(2**20)}, []),
     "inter1": ("hvdagent", "gloo", {}, ["--inter", "1"]),
     "pin": ("hvdagent", "gloo", {}, ["--pin"]),
-    "overlap": ("hvdagent", "gloo", {}, ["--overlap", "on"]),
+    "autotune": ("hvdagent", "gloo", {"HOROVOD_AUTOTUNE": "1"}, []),
     "fp16": ("hvdagent", "gloo", {}, ["--compression", "fp16"]),
     "bpps2": ("hvdagent", "gloo", {}, ["--bpps", "2"]),
     "mpi": ("hvdagent", "mpi", {}, []),
@@ -40,7 +42,9 @@ VARIANTS = {
     "mpi-nosync": ("nosync", "mpi", {}, []),
     "mpi-cycle0.1": ("hvdagent", "mpi", {"HOROVOD_CYCLE_TIME": "0.1"}, []),
     "mpi-fp16": ("hvdagent", "mpi", {}, ["--compression", "fp16"]),
-    "mpi-overlap": ("hvdagent", "mpi", {}, ["--overlap", "on"]),
+    "mpi-autotune": ("hvdagent", "mpi", {"HOROVOD_AUTOTUNE": "1"}, []),
+    "localsgd8": ("localsgd", "gloo", {}, ["--agent-kwargs", '{"sync_every": 8}']),
+    "mpi-localsgd8": ("localsgd", "mpi", {}, ["--agent-kwargs", '{"sync_every": 8}']),
 }
 
 
@@ -53,15 +57,22 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--np", type=int, default=2)
     p.add_argument("--out", default=str(HERE.parent / "bench-results"))
+    p.add_argument("--allow-busy", action="store_true", help="measure on a busy machine anyway (marked invalid)")
     args = p.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     for n in names:
         if n not in VARIANTS:
             p.error(f"unknown variant {n!r}; choose from {list(VARIANTS)}")
+    machine = run._machine.describe()
+    start = run._machine.wait_until_quiet()
+    if not start["quiet"] and not args.allow_busy:
+        print(f"[levers] REFUSED: the machine is busy: {start['reason']}. Pass --allow-busy to measure anyway.",
+              file=sys.stderr)
+        return 2
+    meter = run._machine.CpuMeter().start()
     runs = []
     for rep in range(args.repeats):
-        k = rep % len(names)
-        for name in names[k:] + names[:k]:
+        for name in run._stats.order(names, rep, args.repeats):
             config, controller, env, wargs = VARIANTS[name]
             rec = run.launch(config, args, controller=controller, env_extra=env, worker_args=wargs)
             rec.update(name=name, repeat=rep)
@@ -69,7 +80,7 @@ def main(argv=None):
             print(f"[{rep + 1}/{args.repeats}] {name:14s} "
                   + (f"{rec['samples_per_s']:7.0f} samples/s" if "samples_per_s" in rec else f"FAILED\n{rec['error'][-800:]}"),
                   flush=True)
-    summary = run.summarize(runs)
+    summary = run.summarize(runs, key=lambda r: r["name"])
     base = summary.get("base", {}).get("median")
     print(f"\n{'variant':14s} {'median':>8s} {'x base':>7s} {'overhead':>9s}")
     for name in names:
@@ -84,8 +95,16 @@ def main(argv=None):
         print(f"{name:14s} {s['median']:8.0f} {s['x_base'] or 0:7.3f} {s['overhead'] if s['overhead'] is not None else float('nan'):9.3f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "levers.json").write_text(json.dumps({"settings": vars(args), "runs": runs, "summary": summary}, indent=1))
+    during = meter.stop()
+    valid = start["quiet"] and (during["other_cores"] or 0) <= run._machine.MAX_OTHER_CORES
+    (out / "levers.json").write_text(json.dumps(
+        {"machine": machine, "settings": vars(args), "start_check": start, "other_cores_during": during["other_cores"],
+         "valid": valid, "runs": runs, "summary": summary}, indent=1))
+    if not valid:
+        print("[levers] INVALID: the machine was busy (see start_check and other_cores_during in levers.json)",
+              file=sys.stderr)
+    return 0 if valid else 3
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,23 +1,29 @@
-"""The benchmark command: hvdagent against hand-written Horovod and MWMS.
+"""The benchmark command: hvdagent against hand-written Horovod and MWMS, on
+both Horovod controllers, interleaved, on a machine checked to be quiet.
 
-Runs the same model, data and step count under each configuration,
-interleaved (every repeat runs every configuration once, in a rotated order,
-so slow drift of a noisy machine hits them all alike), and reports medians::
+    python benchmarks/run.py --history docs/bench/history   # what `make bench` runs
+    python benchmarks/run.py --tiny --allow-busy            # a smoke run (correctness only)
 
-    python benchmarks/run.py                      # the docs run (~10 min on 2 cores)
-    python benchmarks/run.py --tiny               # a smoke run (~1-2 min)
-    python benchmarks/run.py --allreduce-only     # only the allreduce microbenchmark
+Configurations (per-rank batch 64, the model of ``_workload.py``; 2 ranks):
 
-Configurations (per-rank batch 64, the model of ``_workload.py``):
+    single     one process, plain Keras 3
+    mwms       tf.distribute.MultiWorkerMirroredStrategy, 2 workers, tf_keras
+    hvdagent   hvdagent.DistributedAgent                       } each under
+    horovod    hand-written Horovod (horovod.tensorflow)       } horovodrun --gloo
+    nosync     hvdagent with gradient sync off: the upper bound } and --mpi
+    localsgd   hvdagent with ``sync_every=8`` (local SGD)       }
 
-    single    one process, plain Keras 3
-    hvdagent  hvdagent.DistributedAgent, 2 ranks
-    horovod   hand-written Horovod (horovod.tensorflow), 2 ranks
-    mwms      tf.distribute.MultiWorkerMirroredStrategy, 2 workers, tf_keras
-    nosync    hvdagent with gradient sync switched off: the upper bound
+Every configuration runs with the same environment on a controller: under MPI
+that includes ``OMPI_MCA_mpi_yield_when_idle=1`` (which hvdagent sets by
+itself when the user has not), so the hand-written baseline gets it too.
 
-Writes ``<out>/bench.json`` and ``<out>/bench.png`` (and ``allreduce.json``/
-``allreduce.png`` unless ``--no-allreduce``); prints samples/s and ratios.
+Discipline (``_machine.py``): the run waits for the machine to settle and
+refuses to start on a busy one (exit status 2) unless ``--allow-busy``, which
+marks the results invalid; the CPU used by other processes during the run is
+measured, and a disturbed run is marked invalid (exit status 3). Every repeat
+runs every configuration once, in a rotated order (``_stats.order``); ratios
+come from the same run. Writes ``<out>/bench.json`` (+ plots) and, with
+``--history DIR``, a new history file there (never overwriting one).
 """
 
 from __future__ import annotations
@@ -25,10 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,16 +41,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import _history  # noqa: E402
+import _machine  # noqa: E402
+import _stats  # noqa: E402
+
 WORKER = HERE / "worker.py"
-CONFIGS = ("single", "hvdagent", "horovod", "mwms", "nosync")
+CONFIGS = ("single", "mwms", "hvdagent", "horovod", "nosync", "localsgd")
 CONTROLLERS = ("gloo", "mpi")
-# Targets of issue 6: (ratio name, comparison, bound).
-TARGETS = (
-    ("hvdagent / horovod", ">=", 0.98),
-    ("hvdagent / mwms", ">=", 1.5),
-    ("sync overhead", "<=", 0.20),
-    ("peak RSS hvdagent / horovod", "<=", 1.10),
-)
+AGENT_CONFIGS = ("hvdagent", "nosync", "localsgd")
+# Kept for levers.py and older callers.
+summarize = _stats.summarize
 
 
 def base_env() -> dict:
@@ -57,9 +63,10 @@ def base_env() -> dict:
 
 
 def mpi_env() -> dict:
-    """Open MPI settings for one node: run as root in containers, and yield
-    the CPU while waiting (busy polling steals the other rank's core when
-    there are as many ranks as cores)."""
+    """Open MPI settings for one node, given to every MPI configuration alike:
+    allow running as root (containers), and yield the CPU while waiting (busy
+    polling steals the other rank's core when there are as many ranks as cores;
+    hvdagent sets this itself unless the user did)."""
     return {
         "OMPI_ALLOW_RUN_AS_ROOT": "1",
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -92,59 +99,59 @@ def _read(out_dir: Path, size: int) -> list:
     return results
 
 
+def _run_mwms(args, env, common, timeout):
+    ports = free_ports(args.np)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(args.np):
+        wenv = dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), "--mode", "mwms", *common], env=wenv,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs, codes = [], []
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            out, _ = p.communicate()
+        outputs.append(out)
+        codes.append(p.returncode)
+    return max(codes, key=abs), "\n".join(outputs)
+
+
 def launch(config: str, args, controller: str = "gloo", env_extra=None, worker_args=(), timeout: int = 600) -> dict:
     """Run one configuration once; return its measurements (or an error)."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"hvdbench-{config}-"))
-    common = [
-        "--steps", str(args.steps), "--epochs", str(args.epochs), "--batch", str(args.batch),
-        "--out", str(out_dir), *worker_args,
-    ]
+    common = ["--steps", str(args.steps), "--epochs", str(args.epochs), "--batch", str(args.batch),
+              "--out", str(out_dir), *worker_args]
     env = base_env()
     env.update(env_extra or {})
-    load_before = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    controlled = config in _stats.CONTROLLED
+    if controlled and controller == "mpi":
+        env.update(mpi_env())
+    load_before = _machine.load1()
+    meter = _machine.CpuMeter().start()
+    size = 1 if config == "single" else args.np
     try:
         if config == "mwms":
-            ports = free_ports(args.np)
-            cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-            procs = []
-            for i in range(args.np):
-                wenv = dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-                procs.append(subprocess.Popen(
-                    [sys.executable, str(WORKER), "--mode", "mwms", *common], env=wenv,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                ))
-            outputs, codes = [], []
-            deadline = time.monotonic() + timeout
-            for p in procs:
-                try:
-                    out, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    for q in procs:
-                        q.kill()
-                    out, _ = p.communicate()
-                outputs.append(out)
-                codes.append(p.returncode)
-            rc, output = max(codes, key=abs), "\n".join(outputs)
-            size = args.np
+            rc, output = _run_mwms(args, env, common, timeout)
         else:
-            mode = "single" if config == "single" else config
-            cmd = [sys.executable, str(WORKER), "--mode", mode, *common]
-            size = 1
-            if config != "single":
+            cmd = [sys.executable, str(WORKER), "--mode", config, *common]
+            if controlled:
                 cmd = horovodrun(args.np, controller) + cmd
-                size = args.np
-                if controller == "mpi":
-                    env.update(mpi_env())
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
             rc, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as err:
-        rc, output, size = -1, f"timed out after {timeout}s: {err}", 0
-    wall = time.perf_counter() - t0
+        rc, output = -1, f"timed out after {timeout}s: {err}"
+    cpu = meter.stop()
     results = _read(out_dir, size) if rc == 0 else []
     shutil.rmtree(out_dir, ignore_errors=True)
-    record = {"config": config, "controller": controller if config not in ("single", "mwms") else None,
-              "rc": rc, "wall_s": wall, "load_before": load_before, "load_after": os.getloadavg()[0]}
+    record = {"config": config, "controller": controller if controlled else None, "rc": rc,
+              "wall_s": cpu["wall_s"], "load_before": load_before, "load_after": _machine.load1(),
+              "other_cores": cpu["other_cores"], "steal_cores": cpu["steal_cores"],
+              "ours_cpu_s": cpu["ours_cores"] * cpu["wall_s"]}
     if not results:
         record["error"] = output[-3000:]
         return record
@@ -152,140 +159,125 @@ def launch(config: str, args, controller: str = "gloo", env_extra=None, worker_a
         "samples_per_s": results[0]["samples_per_s"],
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
         "peak_rss_mb_per_rank": [r["peak_rss_mb"] for r in results],
+        "env": results[0].get("env", {}),
+        # CPU the ranks report themselves: must be inside ours_cpu_s, or the
+        # "other processes" figure would count the benchmark against itself.
+        "ranks_cpu_s": sum(r.get("cpu_s", 0.0) for r in results),
     })
-    if "profile" in results[0]:
-        record["profile"] = results[0]["profile"]
+    for key in ("profile", "nosync_via", "agent_kwargs"):
+        if results[0].get(key) is not None:
+            record[key] = results[0][key]
     return record
 
 
-def summarize(runs: list) -> dict:
-    by = {}
-    for r in runs:
-        by.setdefault(r["name"], []).append(r)
+def _kv(spec: str, what: str) -> dict:
+    """``"a=1,b=x"`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they are)."""
     out = {}
-    for name, rs in by.items():
-        ok = [r for r in rs if "samples_per_s" in r]
-        if not ok:
-            out[name] = {"ok": 0, "failed": len(rs)}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        if "=" not in item:
+            raise SystemExit(f"{what} takes KEY=VALUE[,KEY=VALUE...]. Received: {what}={spec!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def probe(args) -> dict:
+    """What the installed stack supports: ``{"skipped": {label: why}, ...}``.
+
+    The local-SGD configuration needs a DistributedAgent that accepts its
+    arguments; the MPI controller needs a Horovod built with MPI and mpirun.
+    """
+    code = ("import inspect, json, hvdagent, horovod.tensorflow as hvd\n"
+            "p = inspect.signature(hvdagent.DistributedAgent).parameters\n"
+            "kw = any(x.kind == x.VAR_KEYWORD for x in p.values())\n"
+            f"need = {sorted(args.localsgd)!r}\n"
+            "print(json.dumps({'missing': [] if kw else [k for k in need if k not in p], 'mpi': bool(hvd.mpi_built())}))")
+    proc = subprocess.run([sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise SystemExit(f"cannot import hvdagent and horovod.tensorflow:\n{proc.stderr[-2000:]}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    skipped = {}
+    if info["missing"] and "localsgd" in args.configs:
+        skipped["localsgd"] = (f"the installed hvdagent's DistributedAgent does not accept {info['missing']} "
+                               f"(needed for local SGD: {args.localsgd})")
+    if "mpi" in args.controllers and not (info["mpi"] and shutil.which("mpirun")):
+        skipped["mpi"] = "Horovod is not built with MPI, or mpirun is not on PATH"
+    return skipped
+
+
+def slots(args, skipped: dict) -> list:
+    """(config, controller) pairs, grouped so compared pairs run next to each other."""
+    out = [(c, None) for c in args.configs if c in _stats.UNCONTROLLED and c not in skipped]
+    for ctrl in args.controllers:
+        if ctrl in skipped:
             continue
-        sps = [r["samples_per_s"] for r in ok]
-        out[name] = {
-            "ok": len(ok), "failed": len(rs) - len(ok),
-            "median": statistics.median(sps), "min": min(sps), "max": max(sps), "all": sps,
-            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in ok),
-        }
+        out += [(c, ctrl) for c in args.configs if c in _stats.CONTROLLED and c not in skipped]
     return out
 
 
-def ratios(summary: dict) -> dict:
-    def med(name):
-        s = summary.get(name) or {}
-        return s.get("median")
-
-    out = {}
-    pairs = {"hvdagent / horovod": ("hvdagent", "horovod"), "hvdagent / mwms": ("hvdagent", "mwms"),
-             "hvdagent / single": ("hvdagent", "single"), "horovod / single": ("horovod", "single"),
-             "mwms / single": ("mwms", "single"), "hvdagent / nosync": ("hvdagent", "nosync")}
-    for label, (a, b) in pairs.items():
-        if med(a) and med(b):
-            out[label] = med(a) / med(b)
-    if "hvdagent / nosync" in out:
-        out["sync overhead"] = 1.0 - out["hvdagent / nosync"]
-    if med("hvdagent") and med("horovod"):
-        out["peak RSS hvdagent / horovod"] = summary["hvdagent"]["peak_rss_mb"] / summary["horovod"]["peak_rss_mb"]
-    return out
-
-
-def check_targets(r: dict) -> dict:
-    out = {}
-    for name, cmp, bound in TARGETS:
-        if name in r:
-            v = r[name]
-            out[name] = {"value": v, "target": f"{cmp} {bound}", "met": v >= bound if cmp == ">=" else v <= bound}
-    return out
-
-
-def machine() -> dict:
-    import multiprocessing
-
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus": multiprocessing.cpu_count(), "processor": platform.processor()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-        info["mem_gib"] = round(int(mem) / 2**20, 1)
-    except OSError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        info["versions"] = {p: version(p) for p in ("tensorflow", "keras", "tf_keras", "horovod")}
-    except Exception as err:  # noqa: BLE001 (a report, not a failure)
-        info["versions"] = str(err)
-    return info
-
-
-def plot(summary: dict, rats: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [c for c in CONFIGS if c in summary and summary[c].get("ok")]
-    med = [summary[n]["median"] for n in names]
-    lo = [summary[n]["median"] - summary[n]["min"] for n in names]
-    hi = [summary[n]["max"] - summary[n]["median"] for n in names]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {"single": "#999999", "hvdagent": "#1f77b4", "horovod": "#ff7f0e", "mwms": "#2ca02c", "nosync": "#c7c7c7"}
-    ax.bar(names, med, yerr=[lo, hi], capsize=4, color=[colors[n] for n in names])
-    for i, v in enumerate(med):
-        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=9)
-    ax.set_ylabel("samples/s (median, bars: min-max)")
-    notes = ", ".join(f"{k} {v:.2f}" for k, v in rats.items() if k in ("hvdagent / horovod", "hvdagent / mwms", "sync overhead"))
-    ax.set_title(f"{title}\n{notes}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def worker_args(config: str, args) -> list:
+    if config not in AGENT_CONFIGS:
+        return []
+    kwargs = {"localsgd": args.localsgd, "nosync": args.nosync_args}.get(config, {})
+    return args.hvdagent_args.split() + ["--agent-kwargs", json.dumps(kwargs)]
 
 
 def run_allreduce(args, out: Path, controller: str) -> dict:
-    exe = horovodrun(args.np, controller) + [sys.executable, str(HERE / "allreduce.py"), "--out", str(out / "allreduce.json")]
+    path = out / f"allreduce-{controller}.json"
+    cmd = horovodrun(args.np, controller) + [sys.executable, str(HERE / "allreduce.py"), "--out", str(path)]
     if args.tiny:
-        exe += ["--max-bytes", str(256 * 1024), "--iters", "5"]
+        cmd += ["--max-bytes", str(256 * 1024), "--iters", "5"]
     env = base_env()
     env.update(args.env)
     if controller == "mpi":
         env.update(mpi_env())
-    proc = subprocess.run(exe, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"allreduce microbenchmark failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    data = json.loads((out / "allreduce.json").read_text())
-    from allreduce import plot as plot_allreduce  # noqa: E402 (benchmarks/ is on sys.path)
+        raise RuntimeError(f"allreduce microbenchmark ({controller}) failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    data = json.loads(path.read_text())
+    data["controller"] = controller
+    if not args.no_plot:
+        from allreduce import plot as plot_allreduce
 
-    plot_allreduce(data, out / "allreduce.png")
+        plot_allreduce(data, out / f"allreduce-{controller}.png")
     return data
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description="hvdagent benchmark: samples/s against hand-written Horovod and MWMS.")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
+    p.add_argument("--controllers", default="gloo,mpi", help="horovodrun controllers, comma-separated (default gloo,mpi)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported (default 3)")
-    p.add_argument("--steps", type=int, default=100, help="steps per epoch per rank (default 100)")
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up epoch (default 3)")
+    p.add_argument("--steps", type=int, default=80, help="steps per epoch per rank (default 80)")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch (default 2)")
     p.add_argument("--batch", type=int, default=64, help="per-rank batch size (default 64)")
     p.add_argument("--np", type=int, default=2, help="ranks / workers (default 2)")
-    p.add_argument("--controller", choices=CONTROLLERS, default="gloo",
-                   help="horovodrun --gloo or --mpi for the Horovod configurations (default gloo)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment for every Horovod configuration alike (hvdagent, horovod, nosync), "
-                        "e.g. --env HOROVOD_CYCLE_TIME=0.1; repeatable")
-    p.add_argument("--hvdagent-args", default="", help="extra worker.py arguments for hvdagent and nosync, "
-                                                       "e.g. '--overlap on' or '--compression fp16'")
+                   help="environment for every Horovod configuration alike; repeatable")
+    p.add_argument("--hvdagent-args", default="", help="extra worker.py arguments for hvdagent, nosync and localsgd, "
+                                                       "e.g. '--compression fp16'")
+    p.add_argument("--localsgd", default="sync_every=8", metavar="KEY=VALUE,...",
+                   help="DistributedAgent arguments of the localsgd configuration (default sync_every=8)")
+    p.add_argument("--nosync-args", default="", metavar="KEY=VALUE,...",
+                   help="DistributedAgent arguments of the nosync configuration (default none: the optimizer's "
+                        "sync switch, or sync_every=1000000000 where hvdagent has no switch)")
+    p.add_argument("--max-load", type=float, default=_machine.MAX_LOAD,
+                   help=f"highest 1-minute load average to start at (default {_machine.MAX_LOAD})")
+    p.add_argument("--max-other-cores", type=float, default=_machine.MAX_OTHER_CORES,
+                   help="most CPU (cores) other processes may use, before and during the run "
+                        f"(default {_machine.MAX_OTHER_CORES})")
+    p.add_argument("--settle", type=float, default=_machine.SETTLE_S,
+                   help=f"seconds to wait for the load to fall before refusing (default {_machine.SETTLE_S:.0f})")
+    p.add_argument("--allow-busy", action="store_true",
+                   help="run on a busy machine anyway; the results are marked invalid")
     p.add_argument("--out", default=str(ROOT / "bench-results"), help="output folder (default bench-results/)")
-    p.add_argument("--tiny", action="store_true", help="smoke run: 5 steps, 1 timed epoch, 1 repeat, small allreduce sizes")
+    p.add_argument("--history", default=None, metavar="DIR",
+                   help="also add the run to this history folder (make bench: docs/bench/history)")
+    p.add_argument("--tiny", action="store_true", help="smoke run: 5 steps, 1 timed epoch, 1 repeat, small allreduces")
     p.add_argument("--no-allreduce", action="store_true", help="skip the allreduce microbenchmark")
     p.add_argument("--allreduce-only", action="store_true", help="run only the allreduce microbenchmark")
     p.add_argument("--no-plot", action="store_true", help="write JSON only")
@@ -293,68 +285,97 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.tiny:
         args.steps, args.epochs, args.repeats = 5, 1, 1
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    bad = [c for c in configs if c not in CONFIGS]
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in args.configs if c not in CONFIGS]
     if bad:
         p.error(f"unknown configuration(s) {bad}; choose from {list(CONFIGS)}")
-    args.configs = configs
+    args.controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
+    bad = [c for c in args.controllers if c not in CONTROLLERS]
+    if bad or not args.controllers:
+        p.error(f"--controllers takes a comma-separated subset of {list(CONTROLLERS)}. Received: {bad or '(none)'}")
     bad_env = [e for e in args.env if "=" not in e]
     if bad_env:
         p.error(f"--env takes KEY=VALUE. Received: {bad_env}")
     args.env = dict(e.split("=", 1) for e in args.env)
+    args.localsgd = _kv(args.localsgd, "--localsgd")
+    args.nosync_args = _kv(args.nosync_args, "--nosync-args")
     return args
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    sys.path.insert(0, str(HERE))
+    import report as render  # benchmarks/report.py: the same tables as docs/benchmarks.md
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "settings": {k: v for k, v in vars(args).items()}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    machine = _machine.describe()
+    print(f"[bench] {machine['cpu']}, {machine['cores']} cores; checking that the machine is quiet", flush=True)
+    start = _machine.wait_until_quiet(args.max_load, args.settle, args.max_other_cores)
+    reasons = []
+    if not start["quiet"]:
+        msg = f"the machine is busy: {start['reason']}"
+        if not args.allow_busy:
+            print(f"[bench] REFUSED: {msg}. Stop the other jobs and run again, or pass --allow-busy "
+                  "to measure anyway (the results are then marked invalid).", file=sys.stderr)
+            return 2
+        print(f"[bench] WARNING: {msg}; measuring anyway (--allow-busy): the results are marked invalid.",
+              file=sys.stderr)
+        reasons.append(f"started on a busy machine: {start['reason']}")
+    skipped = probe(args)
+    for what, why in skipped.items():
+        print(f"[bench] skipping {what}: {why}", flush=True)
+    controllers = [c for c in args.controllers if c not in skipped]
+    settings = {k: v for k, v in vars(args).items()}
+    report = {"schema": _history.SCHEMA, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine,
+              "settings": settings, "skipped": skipped, "start_check": start}
+    meter = _machine.CpuMeter().start()
+    runs = []
     if not args.allreduce_only:
-        runs = []
+        plan = slots(args, skipped)
         for rep in range(args.repeats):
-            k = rep % len(args.configs)
-            order = args.configs[k:] + args.configs[:k]
-            for config in order:
-                env = args.env if config in ("hvdagent", "horovod", "nosync") else {}
-                wargs = args.hvdagent_args.split() if config in ("hvdagent", "nosync") else []
-                rec = launch(config, args, controller=args.controller, env_extra=env, worker_args=wargs,
-                             timeout=args.timeout)
-                rec.update(name=config, repeat=rep)
+            for config, ctrl in _stats.order(plan, rep, args.repeats):
+                rec = launch(config, args, controller=ctrl or "gloo",
+                             env_extra=args.env if config in _stats.CONTROLLED else {},
+                             worker_args=worker_args(config, args), timeout=args.timeout)
+                rec["repeat"] = rep
                 runs.append(rec)
-                shown = f"{rec['samples_per_s']:8.0f} samples/s  peak RSS {rec['peak_rss_mb']:.0f} MB" if "samples_per_s" in rec else f"FAILED rc={rec['rc']}"
-                print(f"[repeat {rep + 1}/{args.repeats}] {config:9s} {shown}  (load {rec['load_before']:.1f})", flush=True)
+                name = _stats.label(config, ctrl)
+                shown = (f"{rec['samples_per_s']:8.0f} samples/s  peak RSS {rec['peak_rss_mb']:.0f} MB"
+                         if "samples_per_s" in rec else f"FAILED rc={rec['rc']}")
+                other = rec["other_cores"]
+                print(f"[repeat {rep + 1}/{args.repeats}] {name:16s} {shown}  (load {rec['load_before']:.2f}, "
+                      f"other processes {other if other is not None else float('nan'):.2f} cores)", flush=True)
                 if "error" in rec:
                     print(rec["error"][-1500:], file=sys.stderr)
-        summary = summarize(runs)
-        rats = ratios(summary)
-        report.update(runs=runs, summary=summary, ratios=rats, targets=check_targets(rats))
-        print("\nconfig      median samples/s   (min - max)        peak RSS/rank")
-        for c in args.configs:
-            s = summary.get(c, {})
-            if s.get("ok"):
-                print(f"{c:10s} {s['median']:12.0f}   ({s['min']:.0f} - {s['max']:.0f})   {s['peak_rss_mb']:8.0f} MB")
-            else:
-                print(f"{c:10s}   failed")
-        print()
-        for k, v in rats.items():
-            print(f"{k:30s} {v:6.3f}")
-        for k, t in report["targets"].items():
-            print(f"target {k} {t['target']}: {'met' if t['met'] else 'MISSED'} ({t['value']:.3f})")
-        if not args.no_plot and summary:
-            plot(summary, rats, out / "bench.png",
-                 f"{args.np} ranks x batch {args.batch}, {args.steps} steps x {args.epochs} epochs, {args.controller} "
-                 + " ".join(f"{k}={v}" for k, v in args.env.items()) + f" {args.hvdagent_args}")
+    report["allreduce"] = {}
     if not args.no_allreduce or args.allreduce_only:
-        data = run_allreduce(args, out, args.controller)
-        report["allreduce"] = data
-        print("\nallreduce (2 ranks): bytes  latency_ms  busbw_GB/s  memcpy_GB/s")
-        for row in data["rows"]:
-            print(f"{row['bytes']:>10d} {row['latency_ms']:10.3f} {row['busbw_gbs']:10.2f} {row['memcpy_gbs']:10.2f}")
+        for ctrl in controllers:
+            report["allreduce"][ctrl] = run_allreduce(args, out, ctrl)
+    during = meter.stop()
+    report.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"), runs=runs, summary=_stats.summarize(runs),
+                  ratios=_stats.ratios(runs, controllers))
+    report["targets"] = _stats.check_targets(report["ratios"])
+    if during["other_cores"] is not None and during["other_cores"] > args.max_other_cores:
+        reasons.append(f"other processes used {during['other_cores']:.2f} cores on average during the run "
+                       f"(> {args.max_other_cores})")
+    report["validity"] = {"valid": not reasons, "reasons": reasons, "load_start": start["load1"],
+                          "load_end": _machine.load1(), "other_cores_during": during["other_cores"],
+                          "steal_cores_during": during["steal_cores"], "wall_s": during["wall_s"]}
+    # The measurements are written first: nothing below may lose them.
     (out / "bench.json").write_text(json.dumps(report, indent=1))
+    saved = _history.save(report, args.history) if args.history and (not reasons or args.allow_busy) else None
+    print()
+    print(render.run_section(report))
+    if not args.no_plot and runs:
+        render.plot_run(report, out / "bench.png")
     print(f"\nwrote {out / 'bench.json'}", flush=True)
-    failed = [r for r in report.get("runs", []) if "error" in r]
+    if saved:
+        print(f"added to the history: {saved}", flush=True)
+    if reasons and not args.allow_busy:
+        print("[bench] INVALID: " + "; ".join(reasons) + ". Not added to the history; run again on a quiet machine.",
+              file=sys.stderr)
+        return 3
+    failed = [r for r in runs if "error" in r]
     return 1 if failed else 0
 
 

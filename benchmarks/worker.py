@@ -8,7 +8,11 @@ directly, as a user writing it by hand would.
 Modes:
     single     plain Keras 3 ``model.fit``, one process
     hvdagent   ``hvdagent.DistributedAgent`` (Keras 3, or tf_keras with --keras 2)
-    nosync     the same with gradient sync switched off (the upper bound)
+    nosync     the same without gradient sync (the upper bound): the optimizer's
+               sync switch where hvdagent has one, else ``sync_every=10**9``
+               (weights averaged only at the last step of each epoch)
+    localsgd   the same with the DistributedAgent arguments of --agent-kwargs
+               (the benchmark passes ``sync_every=8``: local SGD)
     horovod    hand-written Horovod: ``hvd.grouped_allreduce`` of all
                gradients inside the optimizer's ``apply`` (Keras 3)
     mwms       ``tf.distribute.MultiWorkerMirroredStrategy`` with tf_keras
@@ -22,6 +26,7 @@ reduction, stop sync) are included. Throughput is global samples per second.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -32,7 +37,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-MODES = ("single", "hvdagent", "nosync", "horovod", "mwms")
+MODES = ("single", "hvdagent", "nosync", "localsgd", "horovod", "mwms")
+AGENT_MODES = ("hvdagent", "nosync", "localsgd")
+ENV_RECORDED = ("HOROVOD_CYCLE", "HOROVOD_FUSION", "HOROVOD_CONTROLLER", "HOROVOD_CPU_OPERATIONS", "HOROVOD_AUTOTUNE",
+                "OMPI_MCA_mpi_yield_when_idle")
 
 
 def parse(argv=None):
@@ -46,8 +54,8 @@ def parse(argv=None):
     p.add_argument("--inter", type=int, default=0, help="TF inter-op threads (0: TF's default)")
     p.add_argument("--compression", choices=("none", "fp16", "bf16"), default="none")
     p.add_argument("--bpps", type=int, default=1, help="backward_passes_per_step")
-    p.add_argument("--overlap", choices=("default", "on", "off"), default="default",
-                   help="hvdagent: one allreduce per gradient as it becomes ready (on) or one grouped (off)")
+    p.add_argument("--agent-kwargs", default="{}", metavar="JSON",
+                   help='extra DistributedAgent arguments as a JSON object, e.g. \'{"sync_every": 8}\'')
     p.add_argument("--pin", action="store_true", help="pin this process to CPU core local_rank")
     p.add_argument("--profile", action="store_true", help="hvdagent: run hvdagent.SyncProfiler")
     p.add_argument("--out", required=True, help="directory for result-<rank>.json")
@@ -61,6 +69,46 @@ def configure_tf(args):
     if args.inter:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter)
     return tf
+
+
+def agent_kwargs(args) -> dict:
+    """The DistributedAgent arguments of this run."""
+    kwargs = {"compression": None if args.compression == "none" else args.compression,
+              "backward_passes_per_step": args.bpps}
+    extra = json.loads(args.agent_kwargs)
+    if not isinstance(extra, dict):
+        raise ValueError(f"--agent-kwargs must be a JSON object. Received: --agent-kwargs={args.agent_kwargs!r}")
+    kwargs.update(extra)
+    return kwargs
+
+
+NEVER = 10**9  # sync_every larger than any run: local SGD that never averages during training
+
+
+def switch_off_sync(model, args):
+    """Switch hvdagent's gradient reduction off (the ``nosync`` upper bound).
+
+    Uses the optimizer wrapper's benchmark switch, or nothing when the run's
+    agent arguments already make it local SGD that never averages during the
+    run. Returns how (recorded in the result), or None when this hvdagent has
+    no switch but accepts ``sync_every``: the caller then builds the agent
+    again with ``sync_every=NEVER``.
+    """
+    every = json.loads(args.agent_kwargs).get("sync_every")
+    if every is not None and every > args.steps * (args.epochs + 1):
+        return f"sync_every={every}"
+    sync = getattr(model.optimizer, "_hvdagent_sync", None)
+    if sync is not None and hasattr(sync, "enabled"):
+        sync.enabled = False
+        return "optimizer._hvdagent_sync.enabled = False"
+    import hvdagent
+
+    if "sync_every" in inspect.signature(hvdagent.DistributedAgent).parameters:
+        return None
+    raise RuntimeError(
+        "this hvdagent has no switch to turn gradient sync off (looked for optimizer._hvdagent_sync.enabled) "
+        "and no sync_every argument; the nosync configuration cannot run."
+    )
 
 
 def timer_callback(base):
@@ -91,19 +139,19 @@ def run_keras3(args, rank, size):
     fit = dict(epochs=args.epochs + 1, verbose=0, callbacks=[Timer()])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     extra = {}
-    if args.mode in ("hvdagent", "nosync"):
+    if args.mode in AGENT_MODES:
         import hvdagent
 
-        agent = hvdagent.DistributedAgent(
-            model, compression=None if args.compression == "none" else args.compression,
-            backward_passes_per_step=args.bpps,
-        )
+        agent = hvdagent.DistributedAgent(model, **agent_kwargs(args))
         agent.compile(keras.optimizers.SGD(0.01), loss=loss, metrics=["accuracy"])
-        sync = model.optimizer._hvdagent_sync
-        sync.enabled = args.mode != "nosync"
-        if args.overlap != "default":
-            sync.overlap = args.overlap == "on"
-        extra["overlap"] = getattr(sync, "overlap", None)
+        if args.mode == "nosync":
+            how = switch_off_sync(model, args)
+            if how is None:
+                model = _workload.build_model(keras)
+                agent = hvdagent.DistributedAgent(model, **{**agent_kwargs(args), "sync_every": NEVER})
+                agent.compile(keras.optimizers.SGD(0.01), loss=loss, metrics=["accuracy"])
+                how = f"sync_every={NEVER} (no sync switch in this hvdagent)"
+            extra["nosync_via"] = how
         callbacks = fit.pop("callbacks")
         if args.profile:
             from hvdagent import SyncProfiler
@@ -177,12 +225,16 @@ def run_keras2(args, rank, size):
     import hvdagent
 
     model = _workload.build_model(tf_keras)
-    agent = hvdagent.DistributedAgent(model, compression=None if args.compression == "none" else args.compression,
-                                      backward_passes_per_step=args.bpps)
+    agent = hvdagent.DistributedAgent(model, **agent_kwargs(args))
     agent.compile(tf_keras.optimizers.SGD(0.01), loss=loss, metrics=["accuracy"])
-    model.optimizer._hvdagent_sync.enabled = args.mode != "nosync"
+    extra = {}
+    if args.mode == "nosync":
+        extra["nosync_via"] = switch_off_sync(model, args)
+        if extra["nosync_via"] is None:
+            raise RuntimeError("nosync with tf_keras needs the optimizer's sync switch; pass --nosync-args "
+                               f"sync_every={NEVER} to run.py")
     agent.fit(x, y, batch_size=args.batch, **fit)
-    return Timer, n, {}
+    return Timer, n, extra
 
 
 def rank_and_size(args):
@@ -224,7 +276,10 @@ def main(argv=None):
         "steps": args.steps, "epochs": args.epochs, "batch": args.batch,
         "elapsed_s": elapsed, "samples_per_s": samples / elapsed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_CYCLE", "HOROVOD_FUSION", "HOROVOD_CONTROLLER", "HOROVOD_CPU_OPERATIONS"))},
+        "cpu_s": sum(getattr(resource.getrusage(resource.RUSAGE_SELF), f) for f in ("ru_utime", "ru_stime")),
+        # What the process ran with after initialisation (hvdagent may set some of these itself).
+        "env": {k: v for k, v in os.environ.items() if k.startswith(ENV_RECORDED)},
+        "agent_kwargs": json.loads(args.agent_kwargs) if args.mode in AGENT_MODES else None,
         **extra,
     }
     out = Path(args.out)

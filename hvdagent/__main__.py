@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     if args.command == "doctor":
         from hvdagent import _doctor
 
-        return doctor.run()
+        return _doctor.run()
     return 2
 
 

@@ -24,6 +24,7 @@ compile and number of ranks, so a second ``agent.fit`` does not retrace.
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from typing import Dict
 
@@ -179,13 +180,16 @@ class StatisticsSync:
         tf.cond(tf.logical_and(self._steps > 0, done >= self._steps), average, lambda: tf.constant(False))
 
 
-def _sync_moments(layer, inputs, mask):
+def _sync_moments(index, layer, inputs, mask):
     """Batch statistics over the global batch (all ranks) for ``BatchNormalization(synchronized=True)``.
 
-    Per-channel sums, sums of squares and counts are summed across ranks (an
-    allreduce whose gradient is an allreduce, so the backward pass is the
-    global batch's too). Keras' own synchronized moments use ``tf.distribute``,
-    which knows nothing of Horovod's ranks.
+    Per-channel sums, sums of squares and counts are summed across ranks; the
+    backward pass sums their gradients across ranks, so it is the global
+    batch's too. Both collectives are named after the layer's position among
+    the model's synchronized layers, never after Keras' generated names (which
+    differ across ranks that built different numbers of models). Keras' own
+    synchronized moments use ``tf.distribute``, which knows nothing of
+    Horovod's ranks.
     """
     import tensorflow as tf
 
@@ -194,11 +198,20 @@ def _sync_moments(layer, inputs, mask):
                          f"Received: a mask for layer {layer.name!r}")
     axes = list(layer._reduction_axes)
     x = tf.cast(inputs, tf.float32)
-    total = tf.reduce_sum(x, axes, keepdims=True)
-    squares = tf.reduce_sum(tf.square(x), axes, keepdims=True)
-    count = tf.reshape(tf.cast(tf.size(x) // tf.maximum(tf.size(total), 1), tf.float32), [1])
-    total, squares, count = _hvd.allreduce([total, squares, count], op="sum", name=f"hvdagent_syncbn_{layer.name}")
-    n = tf.maximum(count[0], 1.0)
+    name = f"hvdagent_syncbn_{index}"
+
+    @tf.custom_gradient
+    def global_sums(total, squares):
+        summed = _hvd.allreduce([total, squares], op="sum", name=name)
+
+        def grad(d_total, d_squares):
+            return tuple(_hvd.allreduce([d_total, d_squares], op="sum", name=name + "_grad"))
+
+        return tuple(summed), grad
+
+    total, squares = global_sums(tf.reduce_sum(x, axes, keepdims=True), tf.reduce_sum(tf.square(x), axes, keepdims=True))
+    local_count = tf.cast(tf.size(x) // tf.maximum(tf.size(total), 1), tf.float32)
+    n = tf.maximum(_hvd.allreduce([tf.reshape(local_count, [1])], op="sum", name=name + "_count")[0][0], 1.0)
     mean = total / n
     variance = tf.maximum(squares / n - tf.square(mean), 0.0)
     return (tf.cast(tf.squeeze(mean, axes), inputs.dtype), tf.cast(tf.squeeze(variance, axes), inputs.dtype))
@@ -221,8 +234,8 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
     """Within the block, ``model``'s steps and metric results are the distributed ones."""
     originals = {name: getattr(model, name) for name in _WRAPPED}
     sync_bn = _compat.synchronized_batchnorm_layers(model)
-    for layer in sync_bn:
-        object.__setattr__(layer, "_moments", types.MethodType(_sync_moments, layer))
+    for index, layer in enumerate(sync_bn):
+        object.__setattr__(layer, "_moments", types.MethodType(functools.partial(_sync_moments, index), layer))
     wrapped = {
         "train_step": _train_step(model, originals["train_step"], stats),
         "test_step": _test_step(model, originals["test_step"]),

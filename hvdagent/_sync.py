@@ -173,8 +173,9 @@ class GradientSync:
         variables = list(variables)
         if _hvd.size() == 1 or not variables:
             return
-        averaged = _hvd.allreduce([v.value() if hasattr(v, "value") else v for v in variables], op="average",
-                                  name="hvdagent_local_sgd")
+        import tensorflow as tf
+
+        averaged = _hvd.allreduce([tf.convert_to_tensor(v) for v in variables], op="average", name="hvdagent_local_sgd")
         for v, a in zip(variables, averaged):
             v.assign(a)
 

@@ -10,7 +10,7 @@ right type outside the allowed range or set is a ``ValueError``. ``True`` and
 >>> _validate.integer("epochs", True, minimum=0)
 Traceback (most recent call last):
 ...
-TypeError: epochs must be an integer. Received: epochs=True
+TypeError: epochs must be an integer >= 0. Received: epochs=True
 >>> _validate.number("warmup_epochs", -1, minimum=0)
 Traceback (most recent call last):
 ...

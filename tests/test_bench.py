@@ -1,6 +1,8 @@
-"""The benchmark command runs on a tiny configuration and writes its outputs.
+"""The benchmark tooling: statistics, machine checks, history, report, and a
+tiny real run on both controllers.
 
-Speed itself is checked by the benchmark (docs/benchmarks.md), never here.
+Speed itself is checked by the benchmark (docs/benchmarks.md), never here:
+these tests check that the tooling computes and records the right things.
 """
 
 import json
@@ -13,52 +15,203 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import run  # noqa: E402  (benchmarks/run.py)
+import _history  # noqa: E402
+import _machine  # noqa: E402
+import _stats  # noqa: E402
+import report  # noqa: E402
+import run  # noqa: E402
+import scaling_model  # noqa: E402
+
+RUN = [sys.executable, str(ROOT / "benchmarks" / "run.py")]
 
 
-def _runs(name, values, rss=100.0):
-    return [{"name": name, "samples_per_s": v, "peak_rss_mb": rss} for v in values]
+def _runs(config, controller, values, rss=100.0):
+    return [{"config": config, "controller": controller, "repeat": i, "samples_per_s": v, "peak_rss_mb": rss}
+            for i, v in enumerate(values)]
 
 
-def test_summary_ratios_and_targets():
-    runs = (_runs("hvdagent", [90, 100, 110]) + _runs("horovod", [100, 100, 100], rss=95.0)
-            + _runs("mwms", [50, 60, 70]) + _runs("nosync", [130, 135, 140]) + _runs("single", [60])
-            + [{"name": "mwms", "error": "boom"}])
-    summary = run.summarize(runs)
-    assert summary["hvdagent"]["median"] == 100 and summary["hvdagent"]["min"] == 90
-    assert summary["mwms"]["ok"] == 3 and summary["mwms"]["failed"] == 1
-    r = run.ratios(summary)
-    assert r["hvdagent / horovod"] == pytest.approx(1.0)
-    assert r["hvdagent / mwms"] == pytest.approx(100 / 60)
-    assert r["sync overhead"] == pytest.approx(1 - 100 / 135)
-    assert r["peak RSS hvdagent / horovod"] == pytest.approx(100 / 95)
-    t = run.check_targets(r)
-    assert t["hvdagent / horovod"]["met"] and t["hvdagent / mwms"]["met"]
-    assert not t["sync overhead"]["met"] and t["peak RSS hvdagent / horovod"]["met"]
+def _fake_runs():
+    return (_runs("hvdagent", "mpi", [90, 100, 110]) + _runs("horovod", "mpi", [100, 100, 100], rss=95.0)
+            + _runs("mwms", None, [50, 60, 40]) + _runs("nosync", "mpi", [130, 135, 140])
+            + _runs("localsgd", "mpi", [129, 130, 131]) + _runs("single", None, [60, 61, 62])
+            + _runs("hvdagent", "gloo", [80, 80, 80]) + _runs("horovod", "gloo", [100, 70, 90])
+            + [{"config": "mwms", "controller": None, "repeat": 3, "error": "boom"}])
 
 
-def test_unknown_config_is_rejected(capsys):
+def test_summary_keeps_controllers_apart():
+    s = _stats.summarize(_fake_runs())
+    assert s["hvdagent@mpi"]["median"] == 100 and s["hvdagent@mpi"]["min"] == 90
+    assert s["hvdagent@gloo"]["median"] == 80 and s["hvdagent@gloo"]["controller"] == "gloo"
+    assert s["mwms"]["ok"] == 3 and s["mwms"]["failed"] == 1 and s["mwms"]["controller"] is None
+    assert s["horovod@mpi"]["peak_rss_mb"] == 95.0
+
+
+def test_ratios_are_within_the_run_and_per_repeat():
+    r = _stats.ratios(_fake_runs(), ["gloo", "mpi"])
+    assert r["hvdagent / horovod (mpi)"]["value"] == pytest.approx(1.0)
+    assert r["hvdagent / horovod (mpi)"]["per_repeat"] == pytest.approx([0.9, 1.0, 1.1])
+    assert r["hvdagent / horovod (gloo)"]["per_repeat"] == pytest.approx([0.8, 80 / 70, 80 / 90])
+    assert r["hvdagent / mwms (mpi)"]["value"] == pytest.approx(2.0)
+    assert r["sync overhead (mpi)"]["value"] == pytest.approx(1 - 100 / 135)
+    assert r["sync overhead (mpi)"]["per_repeat"] == pytest.approx([1 - 90 / 130, 1 - 100 / 135, 1 - 110 / 140])
+    assert r["localsgd / nosync (mpi)"]["value"] == pytest.approx(130 / 135)
+    assert r["peak RSS hvdagent / horovod (mpi)"]["value"] == pytest.approx(100 / 95)
+    assert "localsgd / nosync (gloo)" not in r  # not run on gloo: no ratio invented
+    t = _stats.check_targets(r)
+    assert t["hvdagent / horovod (mpi)"]["met"] and t["hvdagent / horovod (mpi)"]["held"] == 2
+    assert t["hvdagent / mwms (mpi)"]["met"] and t["hvdagent / mwms (mpi)"]["held"] == 1  # 1.8, 1.67, 2.75
+    assert not t["sync overhead (mpi)"]["met"] and t["sync overhead (mpi)"]["repeats"] == 3
+    assert t["localsgd / nosync (mpi)"]["met"] and not t["hvdagent / horovod (gloo)"]["met"]
+
+
+def test_order_interleaves_every_slot_in_every_repeat():
+    slots = list("abcdef")
+    orders = [_stats.order(slots, rep, 3) for rep in range(3)]
+    assert all(sorted(o) == slots for o in orders)
+    assert orders[0] == slots and orders[1] == list("bafedc") and orders[2] == list("efabcd")
+    assert [o[0] for o in orders] == ["a", "b", "e"]  # no slot always goes first
+
+
+def test_machine_description_and_slug():
+    assert _machine.slug("AMD EPYC 7B13 64-Core Processor", 2) == "amd-epyc-7b13-64-core-2c"
+    assert _machine.slug("Intel(R) Xeon(R) CPU @ 2.20GHz", 4) == "intel-xeon-4c"
+    m = _machine.describe()
+    assert m["cores"] >= 1 and m["cpu"] and m["slug"].endswith(f"-{m['cores']}c")
+    assert m["versions"]["horovod"] and m["versions"]["tensorflow"]
+
+
+def test_cpu_meter_counts_other_processes():
+    # A child that burns 1 s of CPU is ours; another process burning CPU is not.
+    meter = _machine.CpuMeter().start()
+    subprocess.run([sys.executable, "-c", "import time\nt=time.process_time()\nwhile time.process_time()-t<1: pass"],
+                   check=True, timeout=60)
+    r = meter.stop()
+    assert r["ours_cores"] * r["wall_s"] >= 0.9
+    assert r["other_cores"] is not None and r["other_cores"] >= 0
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # not waited for: other
+    try:
+        meter = _machine.CpuMeter().start()
+        import time
+
+        time.sleep(1.5)
+        r = meter.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert r["other_cores"] >= 0.3, r  # the spinning process got at least a third of a core
+
+
+def test_wait_until_quiet_refuses_with_a_reason():
+    r = _machine.wait_until_quiet(max_load=-1.0, settle_s=0, max_other=100.0, probe_s=0.2, log=lambda *_: None)
+    assert not r["quiet"] and "load average" in r["reason"] and "(> -1.0)" in r["reason"]
+    r = _machine.wait_until_quiet(max_load=1e9, settle_s=0, max_other=1e9, probe_s=0.2, log=lambda *_: None)
+    assert r["quiet"] and r["reason"] is None
+
+
+def test_history_never_overwrites_and_groups_by_machine(tmp_path):
+    a = {"started": "2026-11-30 07:00:00", "machine": {"slug": "x-2c", "cpu": "X", "cores": 2},
+         "validity": {"valid": True}}
+    b = dict(a, started="2026-11-30 08:00:00", validity={"valid": False})
+    c = dict(a, machine={"slug": "y-4c", "cpu": "Y", "cores": 4})
+    p1, p2 = _history.save(a, tmp_path), _history.save(a, tmp_path)
+    assert p1.name == "2026-11-30-0700-x-2c.json" and p2.name == "2026-11-30-0700-x-2c-2.json"
+    _history.save(b, tmp_path)
+    _history.save(c, tmp_path)
+    runs = _history.load(tmp_path)
+    assert [r["started"] for r in runs][0] == "2026-11-30 08:00:00"
+    groups = _history.by_machine(runs)
+    assert list(groups) == ["x-2c", "y-4c"] and len(groups["x-2c"]) == 3
+    assert _history.latest_valid(tmp_path, "x-2c")["started"] == "2026-11-30 07:00:00"
+
+
+def test_report_marks_invalid_runs_and_replaces_only_its_blocks():
+    runs = _fake_runs()
+    rep = {"started": "2026-11-30 07:00:00", "machine": {"slug": "x-2c", "cpu": "X", "cores": 2},
+           "settings": {"np": 2, "batch": 64, "steps": 5, "epochs": 1, "repeats": 3, "localsgd": {"sync_every": 8}},
+           "summary": _stats.summarize(runs), "validity": {"valid": False, "reasons": ["started on a busy machine"]}}
+    rep["ratios"] = _stats.ratios(runs, ["gloo", "mpi"])
+    rep["targets"] = _stats.check_targets(rep["ratios"])
+    text = report.run_section(rep)
+    assert text.startswith("**INVALID") and "started on a busy machine" in text
+    assert "| hvdagent | 80 (80 - 80) | 100 (90 - 110) |" in text
+    assert "| hvdagent / horovod | 0.889 (>= 0.98: **missed**, held in 1 of 3 repeats) | 1.000 (>= 1.0: met" in text
+    rep["runs"] = [dict(r, env={"HOROVOD_CYCLE_TIME": "0.1"} if r["config"] == "hvdagent" else {}) for r in runs]
+    assert "**Not the same environment on gloo** after initialisation: `HOROVOD_CYCLE_TIME` hvdagent 0.1, " \
+           "hand-written unset." in report.run_section(rep)
+    doc = "intro\n<!-- BEGIN generated: history -->\nold\n<!-- END generated: history -->\nkept\n"
+    assert report.replace_blocks(doc, {"history": "new"}) == doc.replace("old", "new")
+    with pytest.raises(ValueError, match="no generated block 'model'"):
+        report.replace_blocks(doc, {"model": "x"})
+
+
+def test_docs_tables_match_the_history():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check",
+                           str(ROOT / "docs" / "benchmarks.md")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    for path in (ROOT / "docs" / "bench" / "history").glob("*.json"):
+        assert path.name in text
+
+
+def test_benchmark_model_parameter_count():
+    import keras
+
+    import _workload
+
+    assert _workload.num_params(_workload.build_model(keras)) == scaling_model.BENCH_PARAMS
+
+
+def test_bad_arguments_are_rejected(capsys):
     with pytest.raises(SystemExit):
         run.parse(["--configs", "single,fast"])
     assert "unknown configuration" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run.parse(["--controllers", "gloo,nccl"])
+    assert "Received: ['nccl']" in capsys.readouterr().err
+    assert run.parse(["--localsgd", "sync_every=8,local_warmup_epochs=1"]).localsgd == {
+        "sync_every": 8, "local_warmup_epochs": 1}
 
 
-@pytest.mark.timeout(170)
-def test_benchmark_command_tiny(tmp_path):
-    out = tmp_path / "bench"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--tiny", "--configs", "single,hvdagent",
-           "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=160, cwd=str(ROOT))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((out / "bench.json").read_text())
-    for name in ("single", "hvdagent"):
-        s = report["summary"][name]
-        assert s["ok"] == 1 and s["median"] > 0 and s["peak_rss_mb"] > 0
-    hvd_run = next(r for r in report["runs"] if r["name"] == "hvdagent")
-    assert len(hvd_run["peak_rss_mb_per_rank"]) == 2
-    assert report["ratios"]["hvdagent / single"] > 0
-    assert [row["bytes"] for row in report["allreduce"]["rows"]] == [4096, 16384, 65536, 262144]
-    assert all(row["latency_ms"] > 0 and row["memcpy_gbs"] > 0 for row in report["allreduce"]["rows"])
-    for png in ("bench.png", "allreduce.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "samples/s" in proc.stdout and "hvdagent / single" in proc.stdout
+def test_refuses_to_start_on_a_busy_machine(tmp_path):
+    # A bound no machine meets: the run must refuse, say why and how to override, and write nothing.
+    proc = subprocess.run(RUN + ["--max-load", "-1", "--settle", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "REFUSED" in proc.stderr and "--allow-busy" in proc.stderr and "load average" in proc.stderr
+    assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.timeout(1500)  # minutes on a quiet 2-core machine; about 14 min on one loaded ten times over
+def test_tiny_run_on_both_controllers(tmp_path):
+    """Both controllers side by side, local SGD (or a note why not), history, report."""
+    out, hist = tmp_path / "bench", tmp_path / "history"
+    cmd = RUN + ["--tiny", "--allow-busy", "--settle", "0", "--configs", "single,hvdagent,horovod,nosync,localsgd",
+                 "--out", str(out), "--history", str(hist), "--no-plot"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1440, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rep = json.loads((out / "bench.json").read_text())
+    local_ok = "localsgd" not in rep["skipped"]
+    if not local_ok:
+        assert "does not accept ['sync_every']" in rep["skipped"]["localsgd"]
+    for ctrl in ("gloo", "mpi"):
+        for config in ("hvdagent", "horovod", "nosync") + (("localsgd",) if local_ok else ()):
+            s = rep["summary"][f"{config}@{ctrl}"]
+            assert s["ok"] == 1 and s["median"] > 0 and s["peak_rss_mb"] > 0, (config, ctrl, s)
+        assert rep["ratios"][f"hvdagent / horovod ({ctrl})"]["value"] > 0
+        assert 0 < rep["ratios"][f"hvdagent / nosync ({ctrl})"]["value"]
+        assert [r["bytes"] for r in rep["allreduce"][ctrl]["rows"]] == [4096, 16384, 65536, 262144]
+    mpi_runs = [r for r in rep["runs"] if r.get("controller") == "mpi"]
+    assert mpi_runs and all(r["env"].get("OMPI_MCA_mpi_yield_when_idle") == "1" for r in mpi_runs)
+    assert all(r["nosync_via"] for r in rep["runs"] if r["config"] == "nosync")
+    v = rep["validity"]
+    assert isinstance(v["valid"], bool) and (v["valid"] or v["reasons"])
+    assert v["load_start"] >= 0 and rep["machine"]["cores"] >= 1
+    assert all(r["other_cores"] is not None for r in rep["runs"])
+    # The ranks' own CPU time is counted as the benchmark's, not as other processes'.
+    assert all(r["ours_cpu_s"] >= 0.95 * r["ranks_cpu_s"] > 0 for r in rep["runs"]), \
+        [(r["config"], r["controller"], r["ours_cpu_s"], r["ranks_cpu_s"]) for r in rep["runs"]]
+    saved = list(hist.glob("*.json"))
+    assert len(saved) == 1 and rep["machine"]["slug"] in saved[0].name
+    text = report.run_section(json.loads(saved[0].read_text()))
+    assert "| hvdagent |" in text and "Scaling model against these 2-rank measurements" in text
+    assert "hvdagent / horovod" in proc.stdout

@@ -34,7 +34,7 @@ def test_public_api_is_small_and_explicit():
     assert sorted(hvdagent.__all__) == sorted([
         "__version__", "init", "rank", "size", "local_rank", "local_size", "is_chief",
         "DistributedAgent", "DistributedOptimizer", "shard_dataset", "launch", "LaunchError", "LaunchTimeoutError",
-        "HorovodUnavailableError",
+        "HorovodUnavailableError", "SyncProfiler", "SyncBatchNormalization",
     ])
     for name in hvdagent.__all__:
         assert getattr(hvdagent, name) is not None
@@ -54,7 +54,8 @@ def test_import_works_without_horovod_and_first_call_explains(tmp_path):
         "except hvdagent.HorovodUnavailableError as err:\n"
         "    print('ERR', err)\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    # Launched (a rank's environment): only then is Horovod needed at all.
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), HOROVOD_RANK="0", HOROVOD_SIZE="1")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ERR" in proc.stdout

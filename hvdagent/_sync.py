@@ -87,10 +87,9 @@ class GradientSync:
 
         if self._count is not None:
             return
+        self._schedule_variables()
         with tf.init_scope():
             self._count = tf.Variable(1.0, trainable=False, name="hvdagent_local_count")
-            self._local_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdagent_local_sgd_start")
-            self._steps_per_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdagent_steps_per_epoch")
             if self.options.backward_passes_per_step > 1:
                 self._accumulators = [
                     tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="hvdagent_acc") for v in variables
@@ -105,13 +104,22 @@ class GradientSync:
         if self._count is not None:
             self._count.assign(tf.cast(n, tf.float32))
 
+    def _schedule_variables(self):
+        import tensorflow as tf
+
+        if self._local_start is None:
+            with tf.init_scope():
+                self._local_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdagent_local_sgd_start")
+                self._steps_per_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdagent_steps_per_epoch")
+        return self._local_start, self._steps_per_epoch
+
     def set_schedule(self, local_sgd_start: int, steps_per_epoch: int) -> None:
         """Local SGD: every-step sync before update ``local_sgd_start``; weights
-        are also averaged at the last update of every epoch of ``steps_per_epoch``."""
-        if self._count is None:
-            return
-        self._local_start.assign(int(local_sgd_start))
-        self._steps_per_epoch.assign(int(steps_per_epoch))
+        are also averaged at the last update of every epoch of ``steps_per_epoch``.
+        May be called before the optimizer is built."""
+        start, per_epoch = self._schedule_variables()
+        start.assign(int(local_sgd_start))
+        per_epoch.assign(int(steps_per_epoch))
 
     def attach_timer(self, timer) -> None:
         """Time every reduction with ``timer`` (``begin(tensors) -> mark``,

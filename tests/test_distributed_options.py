@@ -65,7 +65,7 @@ def test_stop_and_learning_rate_decisions_are_identical_on_every_rank(run):
     assert r0["early_stop_final_lr"] == r1["early_stop_final_lr"] < 0.3  # ReduceLROnPlateau acted
     lrs = r0["early_stop_lrs"]  # the rate logged per epoch: the same decisions on both ranks
     assert lrs == r1["early_stop_lrs"] and len(lrs) == r0["early_stop_epochs"]
-    assert lrs[0] == pytest.approx(0.3) and lrs[-1] < lrs[0] and all(b <= a for a, b in zip(lrs, lrs[1:]))
+    assert lrs[0] == pytest.approx(0.3) and all(b <= a for a, b in zip(lrs, lrs[1:]))
     assert r0["ok"] is True and r1["ok"] is True
     # Rank 1 alone asks to stop at batch 3; the decision is shared, so both stop together.
     assert r0["local_stop_updates"] == r1["local_stop_updates"] == 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hvdagent import _compat, _hvd
 
-from ._base import Callback
+from ._either_keras import EitherKerasCallback
 
 
 def _variable_name(v) -> str:
@@ -35,16 +35,21 @@ def check_same_variables(variables, what: str = "model") -> None:
                 )
 
 
-class BroadcastGlobalVariablesCallback(Callback):
+class BroadcastGlobalVariablesCallback(EitherKerasCallback):
     """Copy the model's and optimizer's variables from ``root_rank`` to all ranks.
 
-    Runs at the start of ``fit``, after the optimizer is built, so ranks that
-    initialised their weights differently train identically. It first checks
-    that all ranks hold variables of the same shapes. ``DistributedAgent.fit``
-    adds it for you.
+    Horovod's ``hvd.callbacks.BroadcastGlobalVariablesCallback``. Runs at the
+    start of ``fit``, after building the optimizer's variables, so ranks that
+    initialised their weights differently train identically from the first
+    step (Horovod broadcasts after the first batch). It first checks that all
+    ranks hold variables of the same shapes. ``DistributedAgent.fit`` adds it
+    for you.
 
     Args:
         root_rank: the rank whose values win (default 0).
+        device: Horovod's device placement; only ``''`` (default).
+        local_variables: variables (a ``tf.Variable``/``keras.Variable`` or a
+            list) that each rank keeps as they are (default None).
 
     Example:
         >>> import hvdagent
@@ -56,11 +61,20 @@ class BroadcastGlobalVariablesCallback(Callback):
         ValueError: root_rank must be an integer >= 0. Received: root_rank=-1
     """
 
-    def __init__(self, root_rank: int = 0):
+    def __init__(self, root_rank: int = 0, device: str = "", local_variables=None):
         super().__init__()
         if isinstance(root_rank, bool) or not isinstance(root_rank, int) or root_rank < 0:
             raise ValueError(f"root_rank must be an integer >= 0. Received: root_rank={root_rank!r}")
+        if device not in ("", None):
+            raise ValueError(f"device is not supported; leave it ''. Received: device={device!r}")
+        if local_variables is None:
+            local_variables = []
+        elif hasattr(local_variables, "assign"):
+            local_variables = [local_variables]
+        if not all(hasattr(v, "assign") for v in local_variables):
+            raise ValueError(f"local_variables must be variables. Received: local_variables={local_variables!r}")
         self.root_rank = root_rank
+        self._local = {id(v) for v in local_variables}
 
     def on_train_begin(self, logs=None):
         if _hvd.size() == 1:
@@ -73,4 +87,4 @@ class BroadcastGlobalVariablesCallback(Callback):
         variables = list(model.weights)
         if model.optimizer is not None:
             variables += list(model.optimizer.variables)
-        _hvd.broadcast_variables(variables, root_rank=self.root_rank)
+        _hvd.broadcast_variables([v for v in variables if id(v) not in self._local], root_rank=self.root_rank)

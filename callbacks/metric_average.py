@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from hvdagent import _hvd
 
-from ._base import Callback
+from ._either_keras import EitherKerasCallback
 
 
-class MetricAverageCallback(Callback):
+class MetricAverageCallback(EitherKerasCallback):
     """Replace each numeric value in the epoch logs by its mean over ranks.
 
-    For a model you ``fit`` yourself with :func:`hvdagent.DistributedOptimizer`
-    (Horovod's recipe). Values are reduced in sorted key order, so every rank
-    issues the same collectives. This averages per-rank *results*; when ranks
-    hold different amounts of data that differs slightly from the global
-    metric. ``DistributedAgent`` does better and does not need it: it reduces
-    metric *state* (totals and counts), which is exact.
+    Horovod's ``hvd.callbacks.MetricAverageCallback``, for a model you ``fit``
+    yourself with :func:`hvdagent.DistributedOptimizer`. Values are reduced
+    in sorted key order, so every rank issues the same collectives. This
+    averages per-rank *results*; when ranks hold different amounts of data
+    that differs slightly from the global metric. ``DistributedAgent`` does
+    better and does not need it: it reduces metric *state* (totals and
+    counts), which is exact.
 
     Put it before callbacks that read the logs (``EarlyStopping``,
     ``ModelCheckpoint``, ``CSVLogger``).
+
+    Args:
+        device: Horovod's device placement; only ``''`` (default).
 
     Example:
         >>> from hvdagent.callbacks import MetricAverageCallback
@@ -28,6 +32,11 @@ class MetricAverageCallback(Callback):
         >>> logs
         {'loss': 0.5, 'accuracy': 0.75}
     """
+
+    def __init__(self, device: str = ""):
+        super().__init__()
+        if device not in ("", None):
+            raise ValueError(f"device is not supported; leave it ''. Received: device={device!r}")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or _hvd.size() == 1:

@@ -106,7 +106,8 @@ def test_distributed_optimizer_delegates_state_to_the_inner_optimizer():
 
 
 def test_gradient_accumulation_applies_every_n_passes_with_the_mean_gradient():
-    opt = hvdagent.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=2)
+    opt = hvdagent.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=2,
+                                       average_aggregated_gradients=True)
     var = keras.Variable(np.zeros(2, "float32"))
     opt.apply([tf.constant([2.0, 4.0])], [var])
     np.testing.assert_allclose(var.numpy(), [0.0, 0.0])  # accumulated, not applied

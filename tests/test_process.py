@@ -35,6 +35,11 @@ def test_public_api_is_small_and_explicit():
         "__version__", "init", "rank", "size", "local_rank", "local_size", "is_chief",
         "DistributedAgent", "DistributedOptimizer", "shard_dataset", "launch", "LaunchError", "LaunchTimeoutError",
         "HorovodUnavailableError", "SyncProfiler", "SyncBatchNormalization",
+        # Horovod's horovod.tensorflow.keras names (import hvdagent as hvd)
+        "shutdown", "is_initialized", "cross_rank", "cross_size", "mpi_built", "gloo_built", "nccl_built",
+        "mpi_enabled", "gloo_enabled", "Compression", "Average", "Sum", "Adasum", "allreduce", "allgather",
+        "broadcast", "broadcast_object", "allgather_object", "broadcast_variables", "broadcast_global_variables",
+        "load_model", "callbacks", "elastic",
     ])
     for name in hvdagent.__all__:
         assert getattr(hvdagent, name) is not None

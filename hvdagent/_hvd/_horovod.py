@@ -47,18 +47,18 @@ def set_process_defaults(environ=os.environ) -> None:
       ranks whenever ranks share cores (measured: +75% throughput with 2 ranks
       on 2 cores). Open MPI reads it at ``MPI_Init``, so setting it here, in
       the process, is enough.
-    * ``HOROVOD_STALL_CHECK_TIME_SECONDS`` / ``..._SHUTDOWN_TIME_SECONDS``: see
-      :mod:`hvdagent._watchdog`.
+    * ``HOROVOD_STALL_CHECK_TIME_SECONDS=30`` (a warning only; Horovod's
+      stall *shutdown* is not set: a rank-0 callback that takes minutes is
+      legitimate, see :mod:`hvdagent._watchdog`).
 
     Horovod's cycle time is left at Horovod's default: a value tuned on one
     machine cost 25-30% on another (docs/benchmarks.md).
     """
     if "OMPI_COMM_WORLD_RANK" in environ:
         environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    # A rank that waits longer than this for the others is reported as
-    # stalled and the job ends (Horovod's default only warns, forever).
+    # Horovod only warns about ranks that keep the others waiting this long;
+    # ending stalled jobs and jobs that lost a host is the watchdog's job.
     environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", "30")
-    environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "60")
 
 
 _OPS = ("average", "sum", "adasum")

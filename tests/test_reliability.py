@@ -50,7 +50,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
         resumed = _weights(out / f"weights-resumed-rank{r}.npz")
         assert max(float(np.max(np.abs(a - b))) for a, b in zip(full, resumed)) <= 1e-6
     result = json.loads((out / "result-resumed-rank0.json").read_text())
-    assert result == {"lr": pytest.approx(0.02), "epochs_run": 2, "iterations": 40}
+    assert result == {"lr": pytest.approx(0.01), "applied_lr": pytest.approx(0.02), "epochs_run": 2, "iterations": 40}
 
     # A checkpoint written by 2 ranks resumes on 1 process: same epoch, rate rescaled for size 1.
     proc = subprocess.run([sys.executable, str(SCRIPT), "train", str(out), str(tmp_path / "ckC"), "single"],
@@ -58,7 +58,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "epochs-single-rank0.txt").read_text().split() == ["2", "3"]
     single = json.loads((out / "result-single-rank0.json").read_text())
-    assert single["lr"] == pytest.approx(0.01) and single["epochs_run"] == 2
+    assert single["lr"] == pytest.approx(0.01) and single["applied_lr"] == pytest.approx(0.01) and single["epochs_run"] == 2
     assert single["iterations"] == 20 + 2 * 20  # 20 updates saved, then 200 / 10 per epoch
 
 

@@ -11,6 +11,7 @@ import os
 import threading
 from typing import Any, List, Optional
 
+from hvdagent import _preflight
 from hvdagent._hvd._errors import unavailable
 
 __all__ = ["HorovodBackend", "import_horovod", "set_process_defaults"]
@@ -85,7 +86,7 @@ class HorovodBackend:
             if hvd.is_initialized():
                 return
             set_process_defaults()
-            hvd.init()
+            _preflight.checked_init(hvd.init, self.allgather_object)  # hvd.init() between the start-up checks
 
     def is_initialized(self) -> bool:
         return _MODULE is not None and bool(_MODULE.is_initialized())

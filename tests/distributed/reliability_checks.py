@@ -115,7 +115,9 @@ if mode == "train":
     history = agent.fit(x, y, batch_size=10, epochs=4, checkpoint_dir=sys.argv[3], verbose=0,
                         callbacks=[Hook(kill, kill_epoch)])
     weights = model.get_weights()
-    result = {"lr": float(np.asarray(model.optimizer.learning_rate)), "epochs_run": len(history.history.get("loss", [])),
+    result = {"lr": float(np.asarray(model.optimizer.learning_rate)),  # the stored (unscaled) rate
+              "applied_lr": hvdagent._optimizer.parts_of(model.optimizer).lr.effective_rate(model.optimizer),
+              "epochs_run": len(history.history.get("loss", [])),
               "iterations": int(model.optimizer.iterations.numpy())}
     np.savez(os.path.join(out_dir, f"weights-{tag}-rank{rank}.npz"), *weights)
     with open(os.path.join(out_dir, f"result-{tag}-rank{rank}.json"), "w") as f:

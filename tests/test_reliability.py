@@ -111,3 +111,29 @@ def test_slow_rank0_work_does_not_end_a_healthy_job(tmp_path):
         result = json.loads((tmp_path / f"result-slow-rank{r}.json").read_text())
         assert result == {"epochs": 3, "epochs2": 2, "iterations": 2 * (200 // 20)}
     assert not _leftovers()
+
+
+def test_watchdog_pause_and_where_the_main_thread_is():
+    from hvdagent import _watchdog
+
+    assert _watchdog._PAUSED == 0
+    with _watchdog.paused("checkpoint"):
+        with _watchdog.paused("nested"):
+            assert _watchdog._PAUSED == 2
+    assert _watchdog._PAUSED == 0
+    # Seen from another thread (as the watchdog's), the main thread waiting in
+    # join() (the standard library) is in user code: this test, at that line.
+    import threading
+
+    seen = []
+    probe = threading.Thread(target=lambda: seen.append(_watchdog.main_thread_location()))
+    probe.start()
+    probe.join()
+    where = seen[0]
+    assert where is not None and where.startswith("test_reliability.py:") and where.endswith("in test_watchdog_pause_and_where_the_main_thread_is")
+    with pytest.raises(ValueError, match="HVDAGENT_PEER_TIMEOUT must be a number of seconds"):
+        os.environ["HVDAGENT_PEER_TIMEOUT"] = "soon"
+        try:
+            _watchdog._env_timeout("HVDAGENT_PEER_TIMEOUT", 20.0)
+        finally:
+            del os.environ["HVDAGENT_PEER_TIMEOUT"]

@@ -144,8 +144,10 @@ class Watchdog:
         self._sock.settimeout(0.2)
         self._lock = threading.Lock()
         self._reset_peers()
+        self._counter: Optional[int] = None
         self._thread = threading.Thread(target=self._run, name="hvdagent-watchdog", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._read_progress, name="hvdagent-watchdog-progress", daemon=True).start()
         import atexit
 
         atexit.register(self.bye)
@@ -201,15 +203,20 @@ class Watchdog:
                     pass
 
     # -- state of this rank --
+    def _read_progress(self) -> None:
+        """Its own thread: reading a TensorFlow variable can block (seen while
+        another rank's collective was failing); the heartbeat must not."""
+        while True:
+            fn = self._progress_fn
+            if fn is not None:
+                try:
+                    self._counter = int(fn())
+                except Exception:  # noqa: BLE001 (a variable being rebuilt; next second)
+                    pass
+            time.sleep(BEAT_EVERY_S)
+
     def _progress(self):
-        value = None
-        fn = self._progress_fn
-        if fn is not None:
-            try:
-                value = int(fn())
-            except Exception:  # noqa: BLE001 (a variable being rebuilt; next second)
-                value = None
-        return (value, self._beats)
+        return (self._counter, self._beats)
 
     def _local_state(self) -> dict:
         progress = self._progress()
@@ -243,7 +250,7 @@ class Watchdog:
                             self._tick(now)
                 self._receive()
             except Exception as err:  # noqa: BLE001 (the watchdog must never crash the job)
-                sys.stderr.write(f"hvdagent: watchdog error (ignored): {type(err).__name__}: {err}\n")
+                _say(f"hvdagent: watchdog error (ignored): {type(err).__name__}: {err}\n")
                 time.sleep(1)
 
     def _receive(self) -> None:
@@ -289,7 +296,7 @@ class Watchdog:
             if self._last_reply is None:
                 if now - self._session_start > self.peer_timeout and not self._warned:
                     self._warned = True
-                    sys.stderr.write(
+                    _say(
                         f"hvdagent: rank {self.rank} could not reach rank 0's heartbeat at {self._targets} "
                         f"(UDP blocked?); detecting lost hosts is off for this run.\n")
                 return
@@ -308,7 +315,7 @@ class Watchdog:
             if st is None:
                 if self.liveness and self.peer_timeout and now - self._session_start > self.peer_timeout and not self._warned:
                     self._warned = True
-                    sys.stderr.write(f"hvdagent: rank 0 has no heartbeat from rank {r} (UDP blocked?); "
+                    _say(f"hvdagent: rank 0 has no heartbeat from rank {r} (UDP blocked?); "
                                      "detecting lost hosts is off for that rank in this run.\n")
                 continue
             if st.get("b"):
@@ -360,12 +367,19 @@ class Watchdog:
                 except OSError:
                     pass
         prefix = f"[rank {self.rank} on {self._host(self.rank)}] hvdagent: "
-        sys.stderr.write(prefix + (f"rank 0 reports: {text}" if from_rank0 else text) +
-                         f". Exit status {code}.\n")
-        sys.stderr.flush()
+        _say(prefix + (f"rank 0 reports: {text}" if from_rank0 else text) + f". Exit status {code}.\n")
         if lost_rank0:
             _end_local_mpi_daemon()
         os._exit(code)
+
+
+def _say(text: str) -> None:
+    """Write to stderr; a launcher that is gone (a closed pipe) must not stop the watchdog."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _end_local_mpi_daemon() -> None:

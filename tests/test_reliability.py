@@ -109,7 +109,7 @@ def test_slow_rank0_work_does_not_end_a_healthy_job(tmp_path):
     assert float((tmp_path / "slow-20-True.txt").read_text()) >= 20
     for r in (0, 1):
         result = json.loads((tmp_path / f"result-slow-rank{r}.json").read_text())
-        assert result == {"epochs": 3, "epochs2": 2, "iterations": 2 * (200 // 20)}
+        assert result == {"epochs": 3, "epochs2": 2, "iterations": 3 * (200 // 20), "iterations2": 2 * (200 // 20)}
     assert not _leftovers()
 
 

@@ -131,10 +131,12 @@ elif mode == "freeze":
 elif mode == "slow":
     seconds = float(os.environ.get("SLOW_SECONDS", 90))
     history = agent.fit(x, y, batch_size=10, epochs=3, verbose=0, callbacks=[SlowRank0(1, seconds)])
-    agent2 = hvdagent.DistributedAgent(model, scale_lr=True, stall_timeout=10)
+    model2 = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    agent2 = hvdagent.DistributedAgent(model2, scale_lr=True, stall_timeout=10)
     agent2.compile(keras.optimizers.Adam(1e-2), loss="mse")
     history2 = agent2.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[SlowRank0(0, 20, pause=True)])
     with open(os.path.join(out_dir, f"result-slow-rank{rank}.json"), "w") as f:
         json.dump({"epochs": len(history.history["loss"]), "epochs2": len(history2.history["loss"]),
-                   "iterations": int(model.optimizer.iterations.numpy())}, f)
+                   "iterations": int(model.optimizer.iterations.numpy()),
+                   "iterations2": int(model2.optimizer.iterations.numpy())}, f)
 print(f"rank {rank} finished {mode}", flush=True)

@@ -94,7 +94,8 @@ def mismatch_message(reports: List[Tuple[str, Dict[str, str]]]) -> Optional[str]
     the hosts of this job run different software: keras 3.1 on a (rank 0) but 3.2 on b (rank 1). ...
     """
     lines = []
-    keys = sorted({k for _, v in reports for k in v}, key=lambda k: (k not in PACKAGES, k))
+    order = list(PACKAGES) + ["tf_keras", "python"]
+    keys = sorted({k for _, v in reports for k in v}, key=lambda k: (order.index(k) if k in order else len(order), k))
     for key in keys:
         by_value: Dict[str, Dict[str, List[int]]] = {}
         for rank, (host, vers) in enumerate(reports):
@@ -141,17 +142,53 @@ def _gloo_across_hosts() -> bool:
     return os.environ.get("HOROVOD_CONTROLLER") == "gloo" and cross > 1
 
 
-def checked_init(init: Callable[[], None], allgather_object: Callable[..., list]) -> None:
-    """Run Horovod's ``init`` between the two start-up checks (see the module docstring).
+def _placements_before_init(kv_put, kv_get, timeout: float = 20.0):
+    """Every rank's (host name, local rank), exchanged through horovodrun's
+    key-value store before Horovod starts (Gloo aborts inside init when one
+    host was listed twice). None when not available in ``timeout`` seconds."""
+    try:
+        rank, size = int(os.environ["HOROVOD_RANK"]), int(os.environ["HOROVOD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    if size > 64 or os.environ.get("HOROVOD_ELASTIC") == "1":
+        return None  # the all-to-all reads cost too much; elastic ranks come and go
+    mine = [socket.gethostname(), os.environ.get("HOROVOD_LOCAL_RANK")]
+    if not kv_put(f"preflight-place-{rank}", mine):
+        return None
+    import time
+
+    out = {rank: tuple(mine)}
+    deadline = time.monotonic() + timeout
+    while len(out) < size and time.monotonic() < deadline:
+        for r in range(size):
+            if r not in out:
+                value = kv_get(f"preflight-place-{r}")
+                if value:
+                    out[r] = tuple(value)
+        if len(out) < size:
+            time.sleep(0.2)  # the other ranks are still starting
+    return [out[r] for r in range(size)] if len(out) == size else None
+
+
+def checked_init(init: Callable[[], None], allgather_object: Callable[..., list], kv=None) -> None:
+    """Run Horovod's ``init`` between the start-up checks (see the module docstring).
+
+    ``kv`` is ``(kv_put, kv_get)`` of horovodrun's key-value store, for the
+    checks that must happen before Gloo starts.
 
     Raises:
         GlooHostnameError: Gloo across hosts, and this host's name is unusable.
+        ValueError: a host was listed twice (on every rank).
         EnvironmentMismatchError: the ranks run different versions (on every rank).
     """
     if _gloo_across_hosts():
         problem = hostname_problem()
         if problem:
             raise GlooHostnameError(f"hvdagent (on {socket.gethostname()}): {problem}")
+        placements = _placements_before_init(*kv) if kv else None
+        twice = duplicate_host_message(placements) if placements else None
+        if twice:
+            raise ValueError(f"hvdagent: {twice}")
     init()
     host = socket.gethostname()
     local = os.environ.get("HOROVOD_LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK"))

@@ -191,9 +191,11 @@ def test_training_across_hosts_then_losing_a_host(hosts, controller, tmp_path):
     text, seconds = _lose_host(hosts, controller, out, tmp_path / "ckB", "kill", "kill")
     print(f"[timing] {controller} host 2 killed: job ended {seconds:.1f} s later")
     assert seconds < LOSS_BOUND_S, text[-3000:]
-    # The launcher names what was lost: the ranks (Gloo) or the host and ranks (MPI).
+    # The output names what was lost: the ranks and the host's address (Gloo:
+    # horovodrun and ssh), the host and the ranks (MPI: mpirun).
     if controller == "gloo":
-        assert "Process 2 exit with status code 137" in text or "Process 3 exit with status code 137" in text, text[-3000:]
+        assert "Process 2 exit with status code" in text or "Process 3 exit with status code" in text, text[-3000:]
+        assert f"Connection to {hosts.env['HVDAGENT_HOSTS_SUBNET']}.12 closed by remote host" in text, text[-3000:]
     else:
         assert "hvdhost2" in text, text[-3000:]
     latest = json.loads((tmp_path / "ckB" / "latest.json").read_text())
@@ -210,24 +212,25 @@ def test_training_across_hosts_then_losing_a_host(hosts, controller, tmp_path):
     text, seconds = _lose_host(hosts, controller, out, tmp_path / f"ckC", "cut", "cut")
     print(f"[timing] {controller} host 2 link cut: job ended {seconds:.1f} s later")
     assert seconds < LOSS_BOUND_S, text[-3000:]
-    assert "hvdhost2" in text, text[-3000:]
-    if controller == "gloo":
-        assert "lost contact with rank(s) [2, 3] on host(s) hvdhost2" in text, text[-3000:]
+    # hvdagent's heartbeat (20 s) names the lost ranks and host before ssh's
+    # keep-alive (30-35 s in the test bed's ssh config) ends the launcher.
+    assert "lost contact with rank(s) [2, 3] on host(s) hvdhost2" in text, text[-3000:]
 
 
 def test_different_versions_on_one_host_are_an_error_on_every_rank(hosts, tmp_path):
     proc = _launch(hosts, "gloo", "init", tmp_path, timeout=200,
                    env={"HVDAGENT_SIMULATE_VERSIONS": "hvdhost2:tensorflow=2.20.0,keras=3.9.0"})
     assert proc.returncode != 0
-    expected = ("EnvironmentMismatchError: hvdagent: the hosts of this job run different software: "
-                "tensorflow 2.21.0 on hvdhost1 (ranks 0-1) but 2.20.0 on hvdhost2 (ranks 2-3)")
+    import keras
     import tensorflow as tf
 
-    expected = expected.replace("2.21.0", tf.__version__)
+    expected = ("hvdagent._preflight.EnvironmentMismatchError: hvdagent: the hosts of this job run different software: "
+                f"tensorflow {tf.__version__} on hvdhost1 (ranks 0-1) but 2.20.0 on hvdhost2 (ranks 2-3); "
+                f"keras {keras.__version__} on hvdhost1 (ranks 0-1) but 3.9.0 on hvdhost2 (ranks 2-3).")
     ranks_reporting = [r for r in range(4) if f"[{r}]<stderr>:" + expected in proc.text]
-    # horovodrun stops the others when the first rank fails: at least one reports; none trained.
+    # Every rank raises; horovodrun stops the others once the first has failed,
+    # so at least one report reaches the output (usually all four). None trained.
     assert ranks_reporting, proc.text[-4000:]
-    assert "keras " in proc.text and "3.9.0 on hvdhost2" in proc.text
     assert not list(tmp_path.glob("init-rank*.json"))
 
 
@@ -243,7 +246,8 @@ def test_gloo_hostname_pitfall_is_detected_before_horovod_starts(hosts, tmp_path
     assert proc.returncode != 0
     assert "GlooHostnameError: hvdagent (on hvdhost2): this host's name 'hvdhost2' resolves to 127.0.1.1 (loopback)" in proc.text
     assert "Map 'hvdhost2' to this host's address" in proc.text
-    assert proc.seconds < 60  # before Horovod's 30 s Gloo timeout plays out
+    assert "Connection refused" not in proc.text  # ended by the check, not by Gloo's 30 s timeout
+    assert proc.seconds < 150
     doctor = subprocess.run(["ip", "netns", "exec", "hvdagent-h1", sys.executable, "-m", "hvdagent", "doctor"],
                             capture_output=True, text=True, timeout=180, env=hosts.env)
     assert "gloo across hosts: ok (hostname" in doctor.stdout, doctor.stdout + doctor.stderr
@@ -260,7 +264,7 @@ def test_bad_input_is_a_clear_error_in_bounded_time(hosts, tmp_path, case):
     assert proc.returncode != 0, proc.text[-3000:]
     assert proc.seconds < 120
     expected = {"unreachable host": "could not connect to", "wrong ssh port": "could not connect to",
-                "host listed twice": "listed twice", "np above slots": "slots"}[case]
+                "host listed twice": "is listed more than once", "np above slots": "slots"}[case]
     assert expected in proc.text.lower() or expected in proc.text, proc.text[-3000:]
     assert not list(tmp_path.glob("init-rank*.json"))
     assert hosts.wait_quiet(1, 30) == [] and hosts.wait_quiet(2, 30) == []

@@ -62,6 +62,12 @@ def set_process_defaults(environ=os.environ) -> None:
     environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", "30")
 
 
+def _kv():
+    from hvdagent._hvd._runner import kv_get, kv_put
+
+    return kv_put, kv_get
+
+
 _OPS = ("average", "sum", "adasum")
 
 
@@ -86,7 +92,7 @@ class HorovodBackend:
             if hvd.is_initialized():
                 return
             set_process_defaults()
-            _preflight.checked_init(hvd.init, self.allgather_object)  # hvd.init() between the start-up checks
+            _preflight.checked_init(hvd.init, self.allgather_object, kv=_kv())  # hvd.init() between the start-up checks
 
     def is_initialized(self) -> bool:
         return _MODULE is not None and bool(_MODULE.is_initialized())

@@ -49,6 +49,7 @@ PEER_LOST_EXIT_CODE = 76
 DEFAULT_STALL_TIMEOUT = 600.0
 DEFAULT_PEER_TIMEOUT = 20.0
 BEAT_EVERY_S = 1.0
+MPI_LAUNCHER_GRACE_S = 40.0
 
 _PAUSED = 0
 _PAUSE_LOCK = threading.Lock()
@@ -321,7 +322,7 @@ class Watchdog:
             if st.get("b"):
                 continue
             states[r] = st
-            if self.liveness and self.peer_timeout and now - st["t"] > self.peer_timeout:
+            if self.liveness and self.peer_timeout and now - st["t"] > self.peer_timeout + self._launcher_grace():
                 lost.append(r)
         if lost:
             hosts = sorted({self._host(r) for r in lost})
@@ -337,6 +338,13 @@ class Watchdog:
         idle = min(float(st.get("i", 0.0)) + (now - st.get("t", now)) for st in states.values())
         if idle > self.stall_timeout:
             self._end(STALL_EXIT_CODE, self._stall_text(states, idle))
+
+    @staticmethod
+    def _launcher_grace() -> float:
+        """Under Open MPI, give ``mpirun`` time to notice a lost host itself
+        (through ssh's keep-alive): once the surviving ranks have ended,
+        ``mpirun`` waits for the lost host's daemon instead of exiting."""
+        return MPI_LAUNCHER_GRACE_S if "OMPI_COMM_WORLD_RANK" in os.environ else 0.0
 
     def _host(self, r: int) -> str:
         return self.hosts[r] if r < len(self.hosts) else "?"

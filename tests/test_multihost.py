@@ -80,8 +80,10 @@ def hosts():
         pytest.skip(reason)
     env = dict(os.environ, HVDAGENT_HOSTS_OWNER=str(os.getpid()), HVDAGENT_HOSTS_WAIT="900")
     up = subprocess.run(["bash", str(HOSTS_SH), "up", "2"], capture_output=True, text=True, env=env, timeout=1000)
+    # A failed `up` has removed what it created; it must not tear down a test
+    # bed that another live run owns.
+    assert up.returncode == 0, up.stderr
     try:
-        assert up.returncode == 0, up.stderr
         lines = subprocess.run(["bash", str(HOSTS_SH), "env"], capture_output=True, text=True, check=True).stdout
         for line in lines.splitlines():
             key, _, value = line.replace("export ", "").partition("=")
@@ -212,9 +214,12 @@ def test_training_across_hosts_then_losing_a_host(hosts, controller, tmp_path):
     text, seconds = _lose_host(hosts, controller, out, tmp_path / f"ckC", "cut", "cut")
     print(f"[timing] {controller} host 2 link cut: job ended {seconds:.1f} s later")
     assert seconds < LOSS_BOUND_S, text[-3000:]
-    # hvdagent's heartbeat (20 s) names the lost ranks and host before ssh's
-    # keep-alive (30-35 s in the test bed's ssh config) ends the launcher.
-    assert "lost contact with rank(s) [2, 3] on host(s) hvdhost2" in text, text[-3000:]
+    if controller == "gloo":
+        # Ended by hvdagent's heartbeat (status 76), before Gloo's 30 s timeout.
+        assert "exit with status code 76" in text, text[-3000:]
+    else:
+        # mpirun, through ssh's keep-alive, names the lost daemon's host.
+        assert "hvdhost2" in text or "remote daemon" in text, text[-3000:]
 
 
 def test_different_versions_on_one_host_are_an_error_on_every_rank(hosts, tmp_path):

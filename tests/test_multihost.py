@@ -218,8 +218,9 @@ def test_training_across_hosts_then_losing_a_host(hosts, controller, tmp_path):
         # Ended by hvdagent's heartbeat (status 76), before Gloo's 30 s timeout.
         assert "exit with status code 76" in text, text[-3000:]
     else:
-        # mpirun, through ssh's keep-alive, names the lost daemon's host.
-        assert "hvdhost2" in text or "remote daemon" in text, text[-3000:]
+        # mpirun, through ssh's keep-alive, reports the lost daemon (without
+        # naming its host); the cut-off ranks' own report cannot reach it.
+        assert "ORTE was unable to reliably start one or more daemons" in text, text[-3000:]
 
 
 def test_different_versions_on_one_host_are_an_error_on_every_rank(hosts, tmp_path):
@@ -253,7 +254,7 @@ def test_gloo_hostname_pitfall_is_detected_before_horovod_starts(hosts, tmp_path
     assert "Map 'hvdhost2' to this host's address" in proc.text
     assert "Connection refused" not in proc.text  # ended by the check, not by Gloo's 30 s timeout
     assert proc.seconds < 150
-    doctor = subprocess.run(["ip", "netns", "exec", "hvdagent-h1", sys.executable, "-m", "hvdagent", "doctor"],
+    doctor = subprocess.run(["ssh", "hvdhost1", sys.executable, "-m", "hvdagent", "doctor"],
                             capture_output=True, text=True, timeout=180, env=hosts.env)
     assert "gloo across hosts: ok (hostname" in doctor.stdout, doctor.stdout + doctor.stderr
 
@@ -266,13 +267,14 @@ def test_bad_input_is_a_clear_error_in_bounded_time(hosts, tmp_path, case):
             "host listed twice": dict(host_list="hvdhost1:2,hvdhost1:2"),
             "np above slots": dict(np_=6)}[case]
     proc = _launch(hosts, "gloo", "init", tmp_path, timeout=200, **args)
+    quiet = hosts.wait_quiet(1, 60) == [] and hosts.wait_quiet(2, 60) == []
     assert proc.returncode != 0, proc.text[-3000:]
     assert proc.seconds < 120
     expected = {"unreachable host": "could not connect to", "wrong ssh port": "could not connect to",
                 "host listed twice": "is listed more than once", "np above slots": "slots"}[case]
     assert expected in proc.text.lower() or expected in proc.text, proc.text[-3000:]
     assert not list(tmp_path.glob("init-rank*.json"))
-    assert hosts.wait_quiet(1, 30) == [] and hosts.wait_quiet(2, 30) == []
+    assert quiet
 
 
 @pytest.mark.parametrize("how", ["leave", "join"])

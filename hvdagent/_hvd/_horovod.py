@@ -63,7 +63,7 @@ def set_process_defaults(environ=os.environ) -> None:
 
 
 def _kv():
-    from hvdagent._hvd._runner import kv_get, kv_put
+    from hvdagent._hvd import kv_get, kv_put  # the package re-exports _runner's (no cycle through _runner)
 
     return kv_put, kv_get
 

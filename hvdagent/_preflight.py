@@ -8,8 +8,11 @@ Two things that otherwise end as a hang or a cryptic error minutes later:
   they differ, every rank raises :class:`EnvironmentMismatchError` naming the
   hosts and versions, before any training.
 * **A host listed twice** (``-H a:2,a:2``): ``horovodrun --gloo`` starts the
-  ranks and gives two of them the same local rank on one machine; every rank
-  raises ``ValueError`` saying to list each host once.
+  ranks and gives two of them the same local rank on one machine. The ranks
+  compare placements through horovodrun's key-value store before Gloo starts
+  and raise ``ValueError`` saying to list each host once. (Known gap: in the
+  multi-host test Gloo still aborts inside init first; see
+  tests/test_multihost.py.)
 * **Horovod 0.28.1's Gloo host-name pitfall.** Under ``horovodrun --gloo``
   across hosts, Horovod's Gloo context for process sets finds its address by
   resolving the host's *name* (``gloo_context.cc``, ``InitializeForProcessSet``,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hvdagent import _watchdog
+
 from ._base import Callback
 
 
@@ -24,4 +26,5 @@ class EpochCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.role == "save":
-            self.checkpointer.save(self.model, epoch + 1)
+            with _watchdog.paused("checkpoint"):
+                self.checkpointer.save(self.model, epoch + 1)

@@ -66,6 +66,30 @@ if [ -n "$missing" ]; then
     || die "apt-get install failed for:$missing"
 fi
 
+# --- 1b. what the multi-host test bed (ci/hosts.sh) needs: ip, sshd --------
+# Only installed when missing. The package's post-install script must not
+# start a system-wide sshd: a temporary policy-rc.d forbids service starts
+# while it installs (only when none exists already).
+HOSTS_PKGS=""
+command -v ip >/dev/null 2>&1 || HOSTS_PKGS="$HOSTS_PKGS iproute2"
+[ -x /usr/sbin/sshd ] || HOSTS_PKGS="$HOSTS_PKGS openssh-server"
+command -v ssh >/dev/null 2>&1 || HOSTS_PKGS="$HOSTS_PKGS openssh-client"
+if [ -n "$HOSTS_PKGS" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing the multi-host test bed's packages:$HOSTS_PKGS"
+    POLICY=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      POLICY=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' > "$POLICY" && chmod +x "$POLICY"
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $HOSTS_PKGS >/dev/null \
+      || { [ -z "$POLICY" ] || rm -f "$POLICY"; die "apt-get install failed for:$HOSTS_PKGS"; }
+    [ -z "$POLICY" ] || rm -f "$POLICY"
+  else
+    say "not root (or no apt-get): the multi-host tests need$HOSTS_PKGS and will be skipped"
+  fi
+fi
+
 # --- 2. virtual environment with the pinned stack ----------------------------
 if [ ! -x "$PY" ]; then
   say "creating virtual environment $VENV"

@@ -1,6 +1,6 @@
 """The callbacks ``agent.fit`` runs, assembled in one documented order.
 
-1. the stall watchdog's heartbeat (several ranks, ``stall_timeout`` set);
+1. the watchdog's heartbeat (several ranks): lost peers, and stalls when ``stall_timeout`` is set;
 2. checkpoint restore (when ``checkpoint_dir`` holds a checkpoint): before the
    broadcast, so every rank starts from the restored state;
 3. the broadcast of rank 0's model and optimizer variables;
@@ -60,7 +60,7 @@ def for_fit(model, user_callbacks: Optional[Sequence[Any]], *, stall_timeout: Op
 
     user = list(user_callbacks or [])
     out: List[Any] = []
-    if stall_timeout is not None and _hvd.size() > 1:
+    if _hvd.size() > 1:
         from hvdagent.callbacks._heartbeat import Heartbeat
 
         out.append(Heartbeat(stall_timeout))

@@ -84,6 +84,22 @@ def _smoke_test() -> List[str]:
         raise RuntimeError(f"hvd.init() failed: {type(err).__name__}: {err}") from err
 
 
+def _gloo_hostname_line() -> str:
+    """Horovod 0.28.1's Gloo across hosts needs this host's name to resolve to a
+    routable address (see hvdagent._preflight); a note, not a failure: one
+    machine does not need it."""
+    import socket
+
+    from hvdagent import _preflight
+
+    problem = _preflight.hostname_problem()
+    if problem is None:
+        name = socket.gethostname()
+        addresses = sorted({i[4][0] for i in socket.getaddrinfo(name, None, socket.AF_INET)})
+        return f"gloo across hosts: ok (hostname {name!r} resolves to {', '.join(addresses)})"
+    return f"gloo across hosts: NOTE (fine on one machine; `horovodrun --gloo` across hosts would fail): {problem}"
+
+
 def run(out: Callable[[str], None] = print) -> int:
     """Print the report through ``out``; return 0 when healthy, 1 otherwise."""
     from hvdagent import __version__
@@ -94,6 +110,7 @@ def run(out: Callable[[str], None] = print) -> int:
     out(f"keras: {_version('keras')}")
     out(f"tf_keras: {_version('tf_keras')}")
     out(f"active keras: {_active_keras()}")
+    out(_gloo_hostname_line())
     lines, problems = _horovod_report()
     for line in lines:
         out(line)

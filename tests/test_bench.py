@@ -213,5 +213,8 @@ def test_tiny_run_on_both_controllers(tmp_path):
     saved = list(hist.glob("*.json"))
     assert len(saved) == 1 and rep["machine"]["slug"] in saved[0].name
     text = report.run_section(json.loads(saved[0].read_text()))
-    assert "| hvdagent |" in text and "Scaling model against these 2-rank measurements" in text
+    assert "| hvdagent |" in text
+    # The model is checked against the run only when the (tiny, noisy) allreduce could be fitted.
+    fitted = [r for r in scaling_model.two_rank_check(rep) if r["measured"]]
+    assert ("Scaling model against these 2-rank measurements" in text) == bool(fitted)
     assert "hvdagent / horovod" in proc.stdout

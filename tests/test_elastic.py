@@ -23,7 +23,9 @@ def _run_elastic(tmp_path, mode, start_slots):
     cmd = horovodrun_cmd(start_slots) + ["--min-np", "1", "--max-np", "2", "--network-interface", "lo",
                                          "--host-discovery-script", str(discover),
                                          sys.executable, str(DIST / "elastic_checks.py"), str(out), str(hosts), mode]
-    env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    # A joining worker starts TensorFlow while the others wait in Gloo's rendezvous:
+    # on 2 busy cores that can take longer than Gloo's default 30 s.
+    env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2", HOROVOD_GLOO_TIMEOUT_SECONDS="120")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=360, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     events = [json.loads(line) for p in out.glob("epochs-*.txt") for line in p.read_text().splitlines()]

@@ -94,6 +94,11 @@ class HorovodBackend:
             set_process_defaults()
             _preflight.checked_init(hvd.init, self.allgather_object, kv=_kv())  # hvd.init() between the start-up checks
 
+    def restart(self) -> None:
+        """Shut Horovod down and initialise it again (elastic training's reset)."""
+        import_horovod().shutdown()
+        self.init()
+
     def is_initialized(self) -> bool:
         return _MODULE is not None and bool(_MODULE.is_initialized())
 

@@ -110,8 +110,6 @@ def elastic_run(func):
 
     import tensorflow as tf
 
-    from hvdagent._hvd._horovod import import_horovod
-
     def wrapper(state, *args, **kwargs):
         try:
             return func(state, *args, **kwargs)
@@ -121,8 +119,10 @@ def elastic_run(func):
             raise
 
     def reset():
-        hvd = import_horovod()
-        hvd.shutdown()
-        hvd.init()
+        # The same initialisation as at start-up (with its collective checks),
+        # so workers that re-initialise and workers that join stay in step.
+        from hvdagent import _hvd
+
+        _hvd.backend().restart()
 
     return run_fn(wrapper, reset)

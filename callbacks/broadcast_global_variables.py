@@ -35,6 +35,19 @@ def check_same_variables(variables, what: str = "model") -> None:
                 )
 
 
+def _save_plain_optimizer(model) -> None:
+    """A model compiled with ``hvd.DistributedOptimizer(opt)`` (Horovod's recipe) saves ``opt``.
+
+    Keras 3 writes the optimizer given to ``compile``; pointing that record at
+    the wrapped optimizer makes every file ``ModelCheckpoint`` or ``model.save``
+    writes a plain Keras file that loads without hvdagent (the wrapper already
+    saves exactly the wrapped optimizer's variables). Training is unchanged.
+    """
+    opt = getattr(model, "optimizer", None)
+    if hasattr(opt, "outer_optimizer") and getattr(opt, "_hvdagent", None) is not None:
+        _compat.replace_compiled_optimizer(model, opt, opt.outer_optimizer())
+
+
 class BroadcastGlobalVariablesCallback(EitherKerasCallback):
     """Copy the model's and optimizer's variables from ``root_rank`` to all ranks.
 
@@ -42,8 +55,9 @@ class BroadcastGlobalVariablesCallback(EitherKerasCallback):
     start of ``fit``, after building the optimizer's variables, so ranks that
     initialised their weights differently train identically from the first
     step (Horovod broadcasts after the first batch). It first checks that all
-    ranks hold variables of the same shapes. ``DistributedAgent.fit`` adds it
-    for you.
+    ranks hold variables of the same shapes. For a model compiled with
+    ``hvd.DistributedOptimizer(opt)`` it also makes saved files hold ``opt``
+    (they load without hvdagent). ``DistributedAgent.fit`` adds it for you.
 
     Args:
         root_rank: the rank whose values win (default 0).
@@ -77,6 +91,7 @@ class BroadcastGlobalVariablesCallback(EitherKerasCallback):
         self._local = {id(v) for v in local_variables}
 
     def on_train_begin(self, logs=None):
+        _save_plain_optimizer(self.model)
         if _hvd.size() == 1:
             return
         if self.root_rank >= _hvd.size():

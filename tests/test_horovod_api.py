@@ -340,6 +340,14 @@ def test_mnist_recipe(tmp_path, legacy):
     assert r0["files"] == sorted(["best" + suffix] + [f"checkpoint-{e}{suffix}" for e in range(1, 5)])
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".json")) == r0["files"]
     assert r0["history"]["loss"][-1] < r0["history"]["loss"][0]
+    if not legacy:  # the checkpoints are plain Keras files: they load where hvdagent is not installed
+        code = ("import sys, keras; m = keras.models.load_model(sys.argv[1]); "
+                "assert 'hvdagent' not in sys.modules and not any(k.startswith('horovod') for k in sys.modules); "
+                "print('optimizer', type(m.optimizer).__name__, int(m.optimizer.iterations.numpy()))")
+        plain = subprocess.run([sys.executable, "-c", code, str(tmp_path / "checkpoint-4.keras")],
+                               capture_output=True, text=True, timeout=180)
+        assert plain.returncode == 0, plain.stderr[-3000:]
+        assert "optimizer Adam 96" in plain.stdout
     # hvd.load_model on every rank: same weights, distributed optimizer, state kept, training goes on identically
     assert r0["loaded_same"] and r0["loaded_distributed"].endswith(":True") and r0["loaded_iterations"] == 96
     assert r0["after_load_weights"] == r1["after_load_weights"] and r0["after_load_loss"] == r1["after_load_loss"]

@@ -63,8 +63,8 @@ def paused(reason: str = "long operation") -> Iterator[None]:
     long time on some ranks while the others wait, for example a large
     checkpoint written by rank 0:
 
-        >>> from hvdagent import _watchdog
-        >>> with _watchdog.paused("checkpoint"):
+        >>> import hvdagent
+        >>> with hvdagent.watchdog_paused("checkpoint"):
         ...     pass
     """
     global _PAUSED

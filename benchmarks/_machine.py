@@ -116,12 +116,19 @@ class CpuMeter:
 
     def start(self) -> "CpuMeter":
         self._t0, self._m0, self._o0 = time.monotonic(), self._machine(), self._ours()
+        self._credit = 0.0
         return self
+
+    def credit(self, cpu_s: float) -> None:
+        """Count ``cpu_s`` seconds of CPU as this run's own: work it started
+        that is not its child (ranks started through ssh on the namespace hosts
+        of ``ci/hosts.sh``, reaped by those hosts' sshd)."""
+        self._credit += cpu_s
 
     def stop(self) -> dict:
         """``{"wall_s", "other_cores", "steal_cores", "ours_cores"}`` since ``start()``."""
         wall = max(time.monotonic() - self._t0, 1e-9)
-        m1, ours = self._machine(), self._ours() - self._o0
+        m1, ours = self._machine(), self._ours() - self._o0 + self._credit
         out = {"wall_s": wall, "ours_cores": ours / wall}
         if self._m0 is None or m1 is None:
             out.update(other_cores=None, steal_cores=None)
@@ -130,6 +137,16 @@ class CpuMeter:
         # Tick granularity (10 ms) can make ``busy - ours`` slightly negative.
         out.update(other_cores=max(0.0, busy - ours) / wall, steal_cores=(m1[1] - self._m0[1]) / wall)
         return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of process ``pid`` and of its descendants it has reaped
+    (``utime + stime + cutime + cstime`` of /proc/PID/stat); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
 def wait_until_quiet(max_load: float = MAX_LOAD, settle_s: float = SETTLE_S, max_other: float = MAX_OTHER_CORES,

@@ -39,7 +39,7 @@ def _controllers(report: dict) -> list:
         if c and c not in seen:
             seen.append(c)
     for c in report.get("allreduce", {}):
-        if c not in seen:
+        if c not in seen and c in ("gloo", "mpi"):  # not the runs between hosts ("gloo, 2 hosts")
             seen.append(c)
     return sorted(seen, key=lambda c: ("gloo", "mpi").index(c) if c in ("gloo", "mpi") else 9)
 
@@ -83,6 +83,7 @@ def run_section(report: dict) -> str:
     summary = report.get("summary", {})
     env = " ".join(f"{k}={v}" for k, v in (st.get("env") or {}).items())
     lines = [validity_line(report), "",
+             "The allreduce microbenchmark only (`--allreduce-only`)." if st.get("allreduce_only") else
              f"{st.get('np', 2)} ranks x batch {st.get('batch')}, {st.get('steps')} steps x {st.get('epochs')} timed "
              f"epochs, {st.get('repeats')} interleaved repeats; medians (min - max), samples/s"
              + (f"; environment for every Horovod configuration: `{env}`" if env else "")
@@ -129,7 +130,9 @@ def run_section(report: dict) -> str:
     ar = report.get("allreduce") or {}
     if ar:
         cs = list(ar)
-        lines += ["", "Allreduce (sum, float32) on loopback, 2 ranks; latency ms / bus bandwidth GB/s:", "",
+        where = "on loopback" + (" and between two network-namespace hosts (`..., 2 hosts`: veth + bridge, 1 rank each)"
+                                 if any("hosts" in c for c in cs) else "")
+        lines += ["", f"Allreduce (sum, float32), 2 ranks, {where}; latency ms / bus bandwidth GB/s:", "",
                   "| bytes | " + " | ".join(cs) + " | memory copy (GB/s) |", "|---:|" + "---:|" * (len(cs) + 1)]
         sizes = sorted({r["bytes"] for c in cs for r in ar[c]["rows"]})
         for n in sizes:
@@ -191,14 +194,25 @@ def history_section(runs: list) -> str:
 
 
 def model_section(runs: list) -> str:
+    """The scaling model from the newest valid run with throughput figures; the
+    allreduce between namespace hosts comes from the newest valid run of the
+    same machine that has one, when that run lacks it."""
     valid = [r for r in runs if r.get("validity", {}).get("valid")]
-    base = valid[0] if valid else (runs[0] if runs else None)
+    full = [r for r in (valid or runs) if r.get("summary")]
+    base = full[0] if full else None
     if base is None:
         return "No runs recorded yet."
     head = (f"**A model, not a measurement.** Inputs from the run of {base['started']} on {base['machine']['cpu']} "
             f"(`{base['_file']}`)"
-            + ("." if valid else ", **which was taken on a busy machine: re-run on a quiet one**."))
-    return head + "\n\n" + scaling_model.render(base)
+            + ("" if valid else ", **which was taken on a busy machine: re-run on a quiet one**"))
+    if not any("hosts" in k for k in base.get("allreduce") or {}):
+        donor = next((r for r in valid if r["machine"]["slug"] == base["machine"]["slug"]
+                      and any("hosts" in k for k in r.get("allreduce") or {})), None)
+        if donor:
+            base = dict(base, allreduce={**(base.get("allreduce") or {}),
+                                         **{k: v for k, v in donor["allreduce"].items() if "hosts" in k}})
+            head += f"; the allreduce between hosts from the run of {donor['started']} (`{donor['_file']}`)"
+    return head + ".\n\n" + scaling_model.render(base)
 
 
 def generated(history=HISTORY) -> dict:

@@ -225,26 +225,64 @@ def worker_args(config: str, args) -> list:
     return args.hvdagent_args.split() + ["--agent-kwargs", json.dumps(kwargs)]
 
 
-def run_allreduce(args, out: Path, controller: str) -> dict:
-    path = out / f"allreduce-{controller}.json"
-    cmd = horovodrun(args.np, controller) + [sys.executable, str(HERE / "allreduce.py"), "--out", str(path)]
+def run_allreduce(args, out: Path, controller: str, key: str = None, extra=(), env_extra=None) -> dict:
+    """The allreduce microbenchmark under ``controller``; on loopback unless
+    ``extra`` names hosts. Stored in the report under ``key`` (default: the
+    controller)."""
+    key = key or controller
+    path = out / f"allreduce-{key}.json"
+    np_ = 2 if extra else args.np
+    cmd = horovodrun(np_, controller) + list(extra) + [sys.executable, str(HERE / "allreduce.py"), "--out", str(path)]
     if args.tiny:
         cmd += ["--max-bytes", str(256 * 1024), "--iters", "5"]
     env = base_env()
+    env.update(env_extra or {})
     env.update(args.env)
     if controller == "mpi":
         env.update(mpi_env())
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"allreduce microbenchmark ({controller}) failed ({proc.returncode}):\n"
+        raise RuntimeError(f"allreduce microbenchmark ({key}) failed ({proc.returncode}):\n"
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     data = json.loads(path.read_text())
     data["controller"] = controller
     if not args.no_plot:
         from allreduce import plot as plot_allreduce
 
-        plot_allreduce(data, out / f"allreduce-{controller}.png")
+        plot_allreduce(data, out / f"allreduce-{key}.png")
     return data
+
+
+HOSTS_KEY = "{controller}, 2 hosts"  # report["allreduce"] key of the run between two namespace hosts
+
+
+def run_allreduce_hosts(args, out: Path, controllers: list) -> tuple:
+    """The allreduce microbenchmark between two hosts of ci/hosts.sh (network
+    namespaces joined by veth links and a bridge, TCP as between machines),
+    one rank each, under every controller. Returns ``(results, why_not,
+    cpu_s)``: ``cpu_s`` is the CPU the hosts' processes used (they are the
+    hosts' sshd's children, not this process's), for the disturbance check."""
+    hosts_sh = ["bash", str(ROOT / "ci" / "hosts.sh")]
+    env = dict(os.environ, HVDAGENT_HOSTS_OWNER=str(os.getpid()))
+    up = subprocess.run(hosts_sh + ["up", "2"], capture_output=True, text=True, env=env, timeout=600)
+    if up.returncode != 0:
+        return {}, f"the two-host test bed (ci/hosts.sh up 2) could not start: {up.stderr.strip()[-300:]}", 0.0
+    bed = {}
+    try:
+        for line in subprocess.run(hosts_sh + ["env"], capture_output=True, text=True, check=True).stdout.splitlines():
+            k, _, v = line.replace("export ", "").partition("=")
+            bed[k] = v.strip('"').replace("$PATH", os.environ["PATH"])
+        extra = ["-H", "hvdhost1:1,hvdhost2:1", "--network-interface", "hvd0", "--disable-cache"]
+        results = {}
+        for ctrl in controllers:
+            data = run_allreduce(args, out, ctrl, key=f"{ctrl}-2hosts", extra=extra, env_extra=bed)
+            data["hosts"] = "2 network-namespace hosts of ci/hosts.sh (veth + bridge), 1 rank each"
+            results[HOSTS_KEY.format(controller=ctrl)] = data
+        # Each host's sshd daemon has reaped everything that ran there: its tree is the hosts' CPU.
+        daemons = Path(bed["HVDAGENT_HOSTS_DIR"]).glob("sshd-*.pid")
+        return results, None, sum(_machine.tree_cpu_s(int(p.read_text().strip())) for p in daemons)
+    finally:
+        subprocess.run(hosts_sh + ["down"], capture_output=True, text=True, timeout=120)
 
 
 def parse(argv=None):
@@ -280,6 +318,9 @@ def parse(argv=None):
     p.add_argument("--tiny", action="store_true", help="smoke run: 5 steps, 1 timed epoch, 1 repeat, small allreduces")
     p.add_argument("--no-allreduce", action="store_true", help="skip the allreduce microbenchmark")
     p.add_argument("--allreduce-only", action="store_true", help="run only the allreduce microbenchmark")
+    p.add_argument("--allreduce-hosts", action="store_true",
+                   help="also run the allreduce microbenchmark between two network-namespace hosts of "
+                        "ci/hosts.sh (root; skipped with the reason where that is not possible)")
     p.add_argument("--no-plot", action="store_true", help="write JSON only")
     p.add_argument("--timeout", type=int, default=600, help="seconds per launch before it counts as a hang")
     args = p.parse_args(argv)
@@ -351,6 +392,13 @@ def main(argv=None) -> int:
     if not args.no_allreduce or args.allreduce_only:
         for ctrl in controllers:
             report["allreduce"][ctrl] = run_allreduce(args, out, ctrl)
+        if args.allreduce_hosts:
+            between, why_not, hosts_cpu_s = run_allreduce_hosts(args, out, controllers)
+            meter.credit(hosts_cpu_s)
+            report["allreduce"].update(between)
+            if why_not:
+                skipped["allreduce between hosts"] = why_not
+                print(f"[bench] skipping the allreduce between hosts: {why_not}", flush=True)
     during = meter.stop()
     report.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"), runs=runs, summary=_stats.summarize(runs),
                   ratios=_stats.ratios(runs, controllers))

@@ -40,27 +40,34 @@ class ElasticRun:
         self.samples = 0  # samples of `epoch` already trained on
         self._saved: Optional[List[Any]] = None
         self._saved_pos = (first_epoch, 0)
-        self.history: dict = {}
+        self.history: dict = {}  # the logs of every committed epoch (callbacks._commit appends)
+        self._saved_history: dict = {}
 
     def save(self) -> None:
         self._saved = snapshot(self.model)
         self._saved_pos = (self.epoch, self.samples)
+        self._saved_history = {k: list(v) for k, v in self.history.items()}
 
     def restore(self) -> None:
         if self._saved is not None:
             load_arrays(self.model, self._saved)
             self.epoch, self.samples = self._saved_pos
+            self.history = {k: list(v) for k, v in self._saved_history.items()}
             log.info("elastic: restored the commit of epoch %d (%d samples in)", self.epoch, self.samples)
 
     def sync(self) -> None:
-        """Give every worker (new ones too) rank 0's last committed state."""
+        """Give every worker (new ones too) rank 0's last committed state,
+        the history of the committed epochs included (so that ``fit`` returns
+        the same ``History`` on a worker that joined late)."""
         if _hvd.rank() == 0 and self._saved is None:
             self.save()
-        saved, pos = _hvd.broadcast_object((self._saved, self._saved_pos), name="hvdagent_elastic_sync")
+        saved, pos, history = _hvd.broadcast_object((self._saved, self._saved_pos, self._saved_history),
+                                                    name="hvdagent_elastic_sync")
         if saved is not None:
             load_arrays(self.model, saved)
-        self._saved, self._saved_pos = saved, pos
+        self._saved, self._saved_pos, self._saved_history = saved, pos, history
         self.epoch, self.samples = pos
+        self.history = {k: list(v) for k, v in history.items()}
         log.info("elastic: %d worker(s), continuing at epoch %d", _hvd.size(), self.epoch)
 
     def reset(self) -> None:
@@ -86,7 +93,9 @@ def fit(agent, epochs: int, callbacks: Optional[list], batches_per_commit: Optio
         if run.samples and numpy_input and run.epoch < epochs:
             one_fit(run.epoch + 1, run.samples)  # the rest of the interrupted epoch
         history = one_fit(epochs, 0)
-        history.history = run.history  # every epoch, as committed
+        history.history = run.history  # every epoch, as committed (also on a worker that joined late)
+        done = len(next(iter(run.history.values()), []))
+        history.epoch = list(range(run.epoch - done, run.epoch))
         return history
 
     return _hvd.elastic_run(train)(state)

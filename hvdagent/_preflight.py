@@ -10,9 +10,9 @@ Two things that otherwise end as a hang or a cryptic error minutes later:
 * **A host listed twice** (``-H a:2,a:2``): ``horovodrun --gloo`` starts the
   ranks and gives two of them the same local rank on one machine. The ranks
   compare placements through horovodrun's key-value store before Gloo starts
-  and raise ``ValueError`` saying to list each host once. (Known gap: in the
-  multi-host test Gloo still aborts inside init first; see
-  tests/test_multihost.py.)
+  (Gloo would abort inside init with ``rank < size``) and raise
+  ``ValueError`` saying to list each host once. horovodrun's own numbers
+  give it away on every rank: a cross rank at or above the cross size.
 * **Horovod 0.28.1's Gloo host-name pitfall.** Under ``horovodrun --gloo``
   across hosts, Horovod's Gloo context for process sets finds its address by
   resolving the host's *name* (``gloo_context.cc``, ``InitializeForProcessSet``,
@@ -137,12 +137,23 @@ def hostname_problem(hostname: Optional[str] = None) -> Optional[str]:
     return None
 
 
-def _gloo_across_hosts() -> bool:
+def _env_int(name: str, default: int) -> int:
     try:
-        cross = int(os.environ.get("HOROVOD_CROSS_SIZE", "1"))
+        return int(os.environ.get(name, default))
     except ValueError:
-        cross = 1
-    return os.environ.get("HOROVOD_CONTROLLER") == "gloo" and cross > 1
+        return default
+
+
+def _gloo_across_hosts() -> bool:
+    return os.environ.get("HOROVOD_CONTROLLER") == "gloo" and _env_int("HOROVOD_CROSS_SIZE", 1) > 1
+
+
+def _listed_twice_by_env() -> bool:
+    """horovodrun numbered this rank's host past the number of hosts: it
+    counted one machine twice (``-H a:2,a:2`` gives cross ranks 0 and 1 of a
+    cross size of 1)."""
+    return (os.environ.get("HOROVOD_CONTROLLER") == "gloo"
+            and _env_int("HOROVOD_CROSS_RANK", 0) >= _env_int("HOROVOD_CROSS_SIZE", 1))
 
 
 def _placements_before_init(kv_put, kv_get, timeout: float = 20.0):
@@ -188,8 +199,15 @@ def checked_init(init: Callable[[], None], allgather_object: Callable[..., list]
         problem = hostname_problem()
         if problem:
             raise GlooHostnameError(f"hvdagent (on {socket.gethostname()}): {problem}")
+    if _gloo_across_hosts() or _listed_twice_by_env():
         placements = _placements_before_init(*kv) if kv else None
         twice = duplicate_host_message(placements) if placements else None
+        if twice is None and _listed_twice_by_env():  # the other ranks did not report in time
+            host = socket.gethostname()
+            twice = (f"host {host!r} is listed more than once, so Horovod would treat one machine as two. List "
+                     f"each host once with all its slots (-H {host}:N or one line '{host} slots=N' in the hostfile). "
+                     f"Received: HOROVOD_CROSS_RANK={os.environ.get('HOROVOD_CROSS_RANK')}, "
+                     f"HOROVOD_CROSS_SIZE={os.environ.get('HOROVOD_CROSS_SIZE')} from horovodrun")
         if twice:
             raise ValueError(f"hvdagent: {twice}")
     init()

@@ -158,7 +158,7 @@ up() {
     echo "  BatchMode yes"
     echo "  ConnectTimeout 10"
     echo "  ServerAliveInterval 5"
-    echo "  ServerAliveCountMax 3"
+    echo "  ServerAliveCountMax 6"
     echo "  LogLevel ERROR"
   } > "$STATE/ssh_config"
   printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$STATE/ssh_config" > "$STATE/bin/ssh"

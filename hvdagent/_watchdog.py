@@ -160,6 +160,7 @@ class Watchdog:
         self._last_reply: Optional[float] = None
         self._session_start = time.monotonic()
         self._warned = False
+        self._announced: set = set()  # rank 0: lost ranks already named while the launcher has its grace
         self._peers: Dict[int, dict] = {}  # rank 0: last state per rank
         self._addr: Dict[int, Tuple[str, int]] = {}
 
@@ -322,8 +323,18 @@ class Watchdog:
             if st.get("b"):
                 continue
             states[r] = st
-            if self.liveness and self.peer_timeout and now - st["t"] > self.peer_timeout + self._launcher_grace():
+            if self.liveness and self.peer_timeout and now - st["t"] > self.peer_timeout:
                 lost.append(r)
+        grace = self._launcher_grace()
+        if lost and grace:
+            # Name the loss now (mpirun does not name the host of a cut-off daemon), end after the grace.
+            new = [r for r in lost if r not in self._announced]
+            if new:
+                self._announced.update(new)
+                _say(f"[rank 0 on {self._host(0)}] hvdagent: lost contact with rank(s) {new} on host(s) "
+                     f"{', '.join(sorted({self._host(r) for r in new}))} (no heartbeat for {self.peer_timeout:.0f} s); "
+                     f"mpirun has {grace:.0f} s to end the job before the ranks end themselves.\n")
+            lost = [r for r in lost if now - states[r]["t"] > self.peer_timeout + grace]
         if lost:
             hosts = sorted({self._host(r) for r in lost})
             self._end(PEER_LOST_EXIT_CODE,

@@ -114,19 +114,19 @@ def test_slow_rank0_work_does_not_end_a_healthy_job(tmp_path):
 
 
 def test_watchdog_pause_and_where_the_main_thread_is():
-    from hvdagent import _watchdog
+    from hvdagent import _main_thread, _watchdog_env, _watchdog_pause
 
-    assert _watchdog._PAUSED == 0
-    with _watchdog.paused("checkpoint"):
-        with _watchdog.paused("nested"):
-            assert _watchdog._PAUSED == 2
-    assert _watchdog._PAUSED == 0
+    assert _watchdog_pause._PAUSED == 0 and not _watchdog_pause.is_paused()
+    with _watchdog_pause.paused("checkpoint"):
+        with _watchdog_pause.paused("nested"):
+            assert _watchdog_pause._PAUSED == 2 and _watchdog_pause.is_paused()
+    assert _watchdog_pause._PAUSED == 0 and not _watchdog_pause.is_paused()
     # Seen from another thread (as the watchdog's), the main thread waiting in
     # join() (the standard library) is in user code: this test, at that line.
     import threading
 
     seen = []
-    probe = threading.Thread(target=lambda: seen.append(_watchdog.main_thread_location()))
+    probe = threading.Thread(target=lambda: seen.append(_main_thread.main_thread_location()))
     probe.start()
     probe.join()
     where = seen[0]

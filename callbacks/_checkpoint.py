@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hvdagent import _watchdog
+from hvdagent import _watchdog_pause
 
 from ._base import Callback
 
@@ -26,5 +26,5 @@ class EpochCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.role == "save":
-            with _watchdog.paused("checkpoint"):
+            with _watchdog_pause.paused("checkpoint"):
                 self.checkpointer.save(self.model, epoch + 1)

@@ -6,7 +6,7 @@ import os
 import secrets
 import socket
 
-from hvdagent import _hvd, _watchdog
+from hvdagent import _hvd, _watchdog, _watchdog_env
 
 from ._base import Callback
 
@@ -44,7 +44,7 @@ class Heartbeat(Callback):
         rank, size = _hvd.rank(), _hvd.size()
         offer = None
         if rank == 0:
-            offer = (secrets.token_hex(8), [(a, wd.port()) for a in _watchdog.local_addresses()])
+            offer = (secrets.token_hex(8), [(a, wd.port()) for a in _watchdog_env.local_addresses()])
         session, addresses = _hvd.broadcast_object(offer, name="hvdagent_watchdog_session")
         hosts = _hvd.allgather_object(socket.gethostname(), name="hvdagent_watchdog_hosts")
         elastic = os.environ.get("HOROVOD_ELASTIC") == "1"

@@ -20,7 +20,7 @@ from hvdagent._layers import SyncBatchNormalization
 from hvdagent._optimizer import DistributedOptimizer
 from hvdagent._process import init, is_chief, local_rank, local_size, rank, size
 from hvdagent._profiler import SyncProfiler
-from hvdagent._watchdog import paused as watchdog_paused
+from hvdagent._watchdog_pause import paused as watchdog_paused
 from hvdagent._horovod_api import (
     Adasum,
     Average,

@@ -22,7 +22,8 @@ Two questions, answered separately by one daemon thread per rank:
   stuck (a rank blocked in user code, with the file and line, is named
   first) and the job ends with status :data:`STALL_EXIT_CODE`. Work that is
   known to be long pauses the clock: the agent's checkpoint writes run under
-  :func:`paused`, and so can the user's.
+  :func:`hvdagent._watchdog_pause.paused` (public as
+  ``hvdagent.watchdog_paused``), and so can the user's.
 
 The heartbeat only starts after the first contact: if UDP between the hosts is
 blocked, liveness checking switches itself off (with a warning) instead of
@@ -30,98 +31,32 @@ ending a healthy job. Elastic runs (``horovodrun --min-np/--max-np``) keep the
 stall check but leave worker loss to Horovod's elastic driver.
 
 Environment: ``HVDAGENT_PEER_TIMEOUT`` (seconds; ``0`` disables liveness).
+
+This module holds the thread and its verdicts. Next to it:
+``hvdagent._watchdog_pause`` (the pause and its state),
+``hvdagent._main_thread`` (is the main thread in user code, and where) and
+``hvdagent._watchdog_env`` (the environment, this host's addresses, Open
+MPI's launcher, stderr).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import socket
-import sys
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
+
+from hvdagent import _watchdog_pause
+from hvdagent._main_thread import main_thread_location
+from hvdagent._watchdog_env import end_local_mpi_daemon, env_timeout, launcher_grace, say
 
 STALL_EXIT_CODE = 75
 PEER_LOST_EXIT_CODE = 76
 DEFAULT_STALL_TIMEOUT = 600.0
 DEFAULT_PEER_TIMEOUT = 20.0
 BEAT_EVERY_S = 1.0
-MPI_LAUNCHER_GRACE_S = 40.0
-
-_PAUSED = 0
-_PAUSE_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def paused(reason: str = "long operation") -> Iterator[None]:
-    """Stop the stall clock while the block runs (liveness keeps running).
-
-    Use it around work that legitimately makes no training progress for a
-    long time on some ranks while the others wait, for example a large
-    checkpoint written by rank 0:
-
-        >>> import hvdagent
-        >>> with hvdagent.watchdog_paused("checkpoint"):
-        ...     pass
-    """
-    global _PAUSED
-    with _PAUSE_LOCK:
-        _PAUSED += 1
-    try:
-        yield
-    finally:
-        with _PAUSE_LOCK:
-            _PAUSED -= 1
-        if _WATCHDOG is not None:
-            _WATCHDOG.touch()
-
-
-def _env_timeout(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds (0 disables). Received: {name}={raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0 (0 disables). Received: {name}={raw!r}")
-    return value
-
-
-# --- where the main thread is -------------------------------------------------
-
-_LIB_MARKERS = ("site-packages", "dist-packages")
-
-
-def _is_library(path: str) -> bool:
-    if any(m in path for m in _LIB_MARKERS):
-        return True
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package's parent
-    if path.startswith(os.path.join(here, "hvdagent")) or path.startswith(os.path.join(here, "callbacks")):
-        return True
-    return path.startswith(sys.base_prefix) or path.startswith("<")
-
-
-def main_thread_location() -> Optional[str]:
-    """``file:line in function`` if the main thread is in user code (not in
-    TensorFlow, Keras, Horovod, hvdagent or the standard library), else None."""
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None:
-        path = frame.f_code.co_filename
-        stdlib = path.startswith("<") or (path.startswith(sys.base_prefix) and not any(m in path for m in _LIB_MARKERS))
-        if not stdlib:  # the innermost frame outside the standard library
-            if _is_library(path):
-                return None
-            return f"{os.path.basename(path)}:{frame.f_lineno} in {frame.f_code.co_name}"
-        frame = frame.f_back
-    return None
-
-
-# --- the watchdog --------------------------------------------------------------
 
 
 class Watchdog:
@@ -130,7 +65,7 @@ class Watchdog:
 
     def __init__(self):
         self.stall_timeout: Optional[float] = DEFAULT_STALL_TIMEOUT
-        self.peer_timeout = _env_timeout("HVDAGENT_PEER_TIMEOUT", DEFAULT_PEER_TIMEOUT)
+        self.peer_timeout = env_timeout("HVDAGENT_PEER_TIMEOUT", DEFAULT_PEER_TIMEOUT)
         self.rank, self.size = 0, 1
         self.hosts: List[str] = []
         self.liveness = True
@@ -225,9 +160,11 @@ class Watchdog:
         if progress != self._last_progress:
             self._last_progress = progress
             self._last_change = time.monotonic()
-        paused_now = _PAUSED > 0
+        paused_now = _watchdog_pause.is_paused()
         if paused_now:
             self._last_change = time.monotonic()
+        else:  # a pause that just ended is not idle time
+            self._last_change = max(self._last_change, _watchdog_pause.resumed_at())
         return {"p": list(progress), "a": self._armed, "z": paused_now,
                 "i": round(time.monotonic() - self._last_change, 1),
                 "w": main_thread_location() if self._armed else None}
@@ -252,7 +189,7 @@ class Watchdog:
                             self._tick(now)
                 self._receive()
             except Exception as err:  # noqa: BLE001 (the watchdog must never crash the job)
-                _say(f"hvdagent: watchdog error (ignored): {type(err).__name__}: {err}\n")
+                say(f"hvdagent: watchdog error (ignored): {type(err).__name__}: {err}\n")
                 time.sleep(1)
 
     def _receive(self) -> None:
@@ -298,7 +235,7 @@ class Watchdog:
             if self._last_reply is None:
                 if now - self._session_start > self.peer_timeout and not self._warned:
                     self._warned = True
-                    _say(
+                    say(
                         f"hvdagent: rank {self.rank} could not reach rank 0's heartbeat at {self._targets} "
                         f"(UDP blocked?); detecting lost hosts is off for this run.\n")
                 return
@@ -317,7 +254,7 @@ class Watchdog:
             if st is None:
                 if self.liveness and self.peer_timeout and now - self._session_start > self.peer_timeout and not self._warned:
                     self._warned = True
-                    _say(f"hvdagent: rank 0 has no heartbeat from rank {r} (UDP blocked?); "
+                    say(f"hvdagent: rank 0 has no heartbeat from rank {r} (UDP blocked?); "
                                      "detecting lost hosts is off for that rank in this run.\n")
                 continue
             if st.get("b"):
@@ -325,15 +262,15 @@ class Watchdog:
             states[r] = st
             if self.liveness and self.peer_timeout and now - st["t"] > self.peer_timeout:
                 lost.append(r)
-        grace = self._launcher_grace()
+        grace = launcher_grace()
         if lost and grace:
             # Name the loss now (mpirun does not name the host of a cut-off daemon), end after the grace.
             new = [r for r in lost if r not in self._announced]
             if new:
                 self._announced.update(new)
-                _say(f"[rank 0 on {self._host(0)}] hvdagent: lost contact with rank(s) {new} on host(s) "
-                     f"{', '.join(sorted({self._host(r) for r in new}))} (no heartbeat for {self.peer_timeout:.0f} s); "
-                     f"mpirun has {grace:.0f} s to end the job before the ranks end themselves.\n")
+                say(f"[rank 0 on {self._host(0)}] hvdagent: lost contact with rank(s) {new} on host(s) "
+                    f"{', '.join(sorted({self._host(r) for r in new}))} (no heartbeat for {self.peer_timeout:.0f} s); "
+                    f"mpirun has {grace:.0f} s to end the job before the ranks end themselves.\n")
             lost = [r for r in lost if now - states[r]["t"] > self.peer_timeout + grace]
         if lost:
             hosts = sorted({self._host(r) for r in lost})
@@ -349,13 +286,6 @@ class Watchdog:
         idle = min(float(st.get("i", 0.0)) + (now - st.get("t", now)) for st in states.values())
         if idle > self.stall_timeout:
             self._end(STALL_EXIT_CODE, self._stall_text(states, idle))
-
-    @staticmethod
-    def _launcher_grace() -> float:
-        """Under Open MPI, give ``mpirun`` time to notice a lost host itself
-        (through ssh's keep-alive): once the surviving ranks have ended,
-        ``mpirun`` waits for the lost host's daemon instead of exiting."""
-        return MPI_LAUNCHER_GRACE_S if "OMPI_COMM_WORLD_RANK" in os.environ else 0.0
 
     def _host(self, r: int) -> str:
         return self.hosts[r] if r < len(self.hosts) else "?"
@@ -386,35 +316,10 @@ class Watchdog:
                 except OSError:
                     pass
         prefix = f"[rank {self.rank} on {self._host(self.rank)}] hvdagent: "
-        _say(prefix + (f"rank 0 reports: {text}" if from_rank0 else text) + f". Exit status {code}.\n")
+        say(prefix + (f"rank 0 reports: {text}" if from_rank0 else text) + f". Exit status {code}.\n")
         if lost_rank0:
-            _end_local_mpi_daemon()
+            end_local_mpi_daemon()
         os._exit(code)
-
-
-def _say(text: str) -> None:
-    """Write to stderr; a launcher that is gone (a closed pipe) must not stop the watchdog."""
-    try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def _end_local_mpi_daemon() -> None:
-    """Under Open MPI, end this rank's ``orted``: cut off from the launcher it
-    would otherwise wait for orders that cannot arrive."""
-    if "OMPI_COMM_WORLD_RANK" not in os.environ:
-        return
-    try:
-        import psutil
-
-        parent = psutil.Process(os.getppid())
-        if parent.name() == "orted":
-            time.sleep(0.5)  # let the other local ranks print their report first
-            parent.terminate()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 _WATCHDOG: Optional[Watchdog] = None
@@ -428,19 +333,3 @@ def get() -> Watchdog:
         if _WATCHDOG is None:
             _WATCHDOG = Watchdog()
     return _WATCHDOG
-
-
-def local_addresses() -> List[str]:
-    """This host's IPv4 addresses, loopback last."""
-    out = []
-    try:
-        import psutil
-
-        for addrs in psutil.net_if_addrs().values():
-            for a in addrs:
-                if a.family == socket.AF_INET and a.address not in out:
-                    out.append(a.address)
-    except Exception:  # noqa: BLE001
-        pass
-    out.sort(key=lambda a: a.startswith("127."))
-    return out or ["127.0.0.1"]

@@ -17,7 +17,7 @@ def _run_elastic(tmp_path, mode, start_slots):
     hosts = tmp_path / "hosts"
     hosts.write_text(f"localhost:{start_slots}\n")
     discover = tmp_path / "discover.sh"
-    discover.write_text(f"#!/bin/sh\ncat {hosts}\n")
+    discover.write_text(f"#!/bin/sh\necho x >> {hosts}.served\ncat {hosts}\n")  # records each call
     discover.chmod(discover.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "out"
     cmd = horovodrun_cmd(start_slots) + ["--min-np", "1", "--max-np", "2", "--network-interface", "lo",
@@ -35,6 +35,9 @@ def _run_elastic(tmp_path, mode, start_slots):
         if "end_of_epoch" in e:
             digests.setdefault(e["end_of_epoch"], set()).add(e["digest"])
     results = [json.loads(p.read_text()) for p in out.glob("result-*.json")]
+    # Rank 0 changed the host list once and saw the driver read it twice (no deadline passed).
+    changes = [e for e in events if "hosts_changed" in e]
+    assert len(changes) == 1 and changes[0]["served_after"] >= 2, changes
     return begins, digests, results
 
 

@@ -114,19 +114,19 @@ def test_slow_rank0_work_does_not_end_a_healthy_job(tmp_path):
 
 
 def test_watchdog_pause_and_where_the_main_thread_is():
-    from hvdagent import _watchdog
+    from hvdagent import _main_thread, _watchdog_env, _watchdog_pause
 
-    assert _watchdog._PAUSED == 0
-    with _watchdog.paused("checkpoint"):
-        with _watchdog.paused("nested"):
-            assert _watchdog._PAUSED == 2
-    assert _watchdog._PAUSED == 0
+    assert _watchdog_pause._PAUSED == 0 and not _watchdog_pause.is_paused()
+    with _watchdog_pause.paused("checkpoint"):
+        with _watchdog_pause.paused("nested"):
+            assert _watchdog_pause._PAUSED == 2 and _watchdog_pause.is_paused()
+    assert _watchdog_pause._PAUSED == 0 and not _watchdog_pause.is_paused()
     # Seen from another thread (as the watchdog's), the main thread waiting in
     # join() (the standard library) is in user code: this test, at that line.
     import threading
 
     seen = []
-    probe = threading.Thread(target=lambda: seen.append(_watchdog.main_thread_location()))
+    probe = threading.Thread(target=lambda: seen.append(_main_thread.main_thread_location()))
     probe.start()
     probe.join()
     where = seen[0]
@@ -134,6 +134,24 @@ def test_watchdog_pause_and_where_the_main_thread_is():
     with pytest.raises(ValueError, match="HVDAGENT_PEER_TIMEOUT must be a number of seconds"):
         os.environ["HVDAGENT_PEER_TIMEOUT"] = "soon"
         try:
-            _watchdog._env_timeout("HVDAGENT_PEER_TIMEOUT", 20.0)
+            _watchdog_env.env_timeout("HVDAGENT_PEER_TIMEOUT", 20.0)
         finally:
             del os.environ["HVDAGENT_PEER_TIMEOUT"]
+
+
+def test_the_stall_clock_restarts_when_a_pause_ends(monkeypatch):
+    import hvdagent
+    from hvdagent import _watchdog, _watchdog_pause
+
+    assert hvdagent.watchdog_paused is _watchdog_pause.paused
+    monkeypatch.setattr(_watchdog_pause, "_RESUMED_AT", float("-inf"))  # no pause has ended yet
+    wd = _watchdog.get()
+    wd._local_state()  # takes in the current progress (none yet)
+    wd._last_change = time.monotonic() - 100  # idle for 100 s...
+    assert wd._local_state()["i"] >= 100
+    with hvdagent.watchdog_paused("upload"):
+        wd._last_change = time.monotonic() - 100
+        state = wd._local_state()
+        assert state["z"] is True and state["i"] < 5  # ...not while paused...
+        wd._last_change = time.monotonic() - 100
+    assert wd._local_state()["i"] < 5  # ...nor counted from before the pause ended

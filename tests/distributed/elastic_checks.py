@@ -3,9 +3,10 @@
     horovodrun --gloo -np 2 --min-np 1 --max-np 2 --host-discovery-script DISCOVER \
         python tests/distributed/elastic_checks.py OUT_DIR HOSTS_FILE
 
-DISCOVER prints HOSTS_FILE. At the end of epoch 1, rank 0 rewrites HOSTS_FILE
-from "localhost:2" to "localhost:1": one worker must go, and training must go
-on with the other, from the last commit, to the last epoch.
+DISCOVER prints HOSTS_FILE and appends a line to HOSTS_FILE.served each time it
+runs. At the end of epoch 1, rank 0 rewrites HOSTS_FILE from "localhost:2" to
+"localhost:1" and waits until the driver has read it twice: one worker must go,
+and training must go on with the other, from the last commit, to the last epoch.
 """
 
 import json
@@ -36,6 +37,32 @@ agent.compile(keras.optimizers.SGD(0.01), loss="mse")
 log = os.path.join(out_dir, f"epochs-{os.getpid()}.txt")
 
 
+def served():
+    """How many times the discovery script has run."""
+    try:
+        with open(hosts_file + ".served") as f:
+            return len(f.read().splitlines())
+    except OSError:
+        return 0
+
+
+def change_hosts(text):
+    """Rewrite the host list, then wait until the driver has run the discovery
+    script twice since: the first run read the new list, and the driver acts on
+    what a run returns (it tells the workers) before it starts the next one.
+    The wait is recorded, so that the test can tell it did not time out."""
+    start = time.monotonic()
+    with open(hosts_file, "w") as f:
+        f.write(text)
+    before = served()
+    deadline = start + 60
+    while served() < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with open(log, "a") as f:
+        f.write(json.dumps({"hosts_changed": text.strip(), "served_after": served() - before,
+                            "waited_s": round(time.monotonic() - start, 1)}) + "\n")
+
+
 class Shrink(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -46,9 +73,7 @@ class Shrink(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if mode == "shrink_mid" and self.epoch == 1 and batch == 5 and hvdagent.rank() == 0 and hvdagent.size() == 2:
-            with open(hosts_file, "w") as f:
-                f.write("localhost:1\n")
-            time.sleep(6)
+            change_hosts("localhost:1\n")
 
     def on_epoch_end(self, epoch, logs=None):
         import hashlib
@@ -58,9 +83,7 @@ class Shrink(keras.callbacks.Callback):
             f.write(json.dumps({"end_of_epoch": epoch, "rank": hvdagent.rank(), "digest": digest}) + "\n")
         start_size, new_hosts = (2, "localhost:1\n") if mode == "shrink" else (1, "localhost:2\n")
         if mode != "shrink_mid" and epoch == 1 and hvdagent.rank() == 0 and hvdagent.size() == start_size:
-            with open(hosts_file, "w") as f:
-                f.write(new_hosts)
-            time.sleep(6)  # the driver polls the discovery script every second
+            change_hosts(new_hosts)
 
 
 history = agent.fit(x, y, batch_size=8, epochs=5, elastic=True, verbose=0, callbacks=[Shrink()],

@@ -87,10 +87,10 @@ class SlowRank0(keras.callbacks.Callback):
             return
         import contextlib
 
-        from hvdagent import _watchdog
+        from hvdagent import _watchdog_pause
 
         start = time.monotonic()
-        with _watchdog.paused("test") if self.pause else contextlib.nullcontext():
+        with _watchdog_pause.paused("test") if self.pause else contextlib.nullcontext():
             time.sleep(self.seconds)  # the slow work itself
         with open(os.path.join(out_dir, f"slow-{self.seconds}-{self.pause}.txt"), "w") as f:
             f.write(str(time.monotonic() - start))

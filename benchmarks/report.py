@@ -194,11 +194,11 @@ def history_section(runs: list) -> str:
 
 
 def model_section(runs: list) -> str:
-    """The scaling model from the newest valid run with throughput figures; the
+    """The scaling model from the newest valid run that measured one process; the
     allreduce between namespace hosts comes from the newest valid run of the
     same machine that has one, when that run lacks it."""
     valid = [r for r in runs if r.get("validity", {}).get("valid")]
-    full = [r for r in (valid or runs) if r.get("summary")]
+    full = [r for r in (valid or runs) if (r.get("summary") or {}).get("single")]  # a run with the compute time
     base = full[0] if full else None
     if base is None:
         return "No runs recorded yet."

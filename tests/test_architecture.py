@@ -5,7 +5,8 @@
 * the callbacks never import the agent (data flows down: the agent uses callbacks);
 * the package's modules import each other without cycles;
 * the public API is exactly ``hvdagent.__all__`` (no public implementation module
-  shadows a public name; ``hvdagent.launch`` is the function).
+  shadows a public name; ``hvdagent.launch`` is the function);
+* no module is longer than 350 lines (one concern per module).
 """
 
 import ast
@@ -114,3 +115,13 @@ def test_the_public_api_is_all_and_nothing_shadows_it():
     assert public_modules <= {"hvdagent.callbacks", "hvdagent.elastic"}, public_modules
     for name in hvdagent.__all__:
         assert hasattr(hvdagent, name), name
+
+
+MAX_LINES = 350
+
+
+def test_no_module_is_longer_than_the_limit():
+    lengths = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    assert len(lengths) > 40  # every module of hvdagent/ and callbacks/ was read
+    too_long = {name: n for name, n in lengths.items() if n > MAX_LINES}
+    assert too_long == {}, f"split these modules (at most {MAX_LINES} lines each): {too_long}"

@@ -137,3 +137,20 @@ def test_a_noisy_microbenchmark_gives_no_fit_but_no_crash():
     assert isinstance(f["gloo"], tuple) and f["mpi"].startswith("latency does not grow")
     assert [r["controller"] for r in sm.two_rank_check(report)] == ["gloo", "gloo"]
     assert "- no fit of the mpi allreduce: latency does not grow with message size" in sm.render(report)
+
+
+def test_the_published_model_uses_the_allreduce_measured_between_namespace_hosts():
+    """docs/benchmarks.md's model section, from the committed history: the
+    compute time from a run that measured one process, the latency between
+    two namespace hosts from the run that measured it (kept per machine)."""
+    import _history
+    import report
+
+    runs = _history.load(ROOT / "docs" / "bench" / "history")
+    text = report.model_section(runs)
+    between = [r for r in runs if r.get("validity", {}).get("valid") and "gloo, 2 hosts" in (r.get("allreduce") or {})]
+    assert between, "the history holds a valid run with the allreduce between two hosts"
+    alpha, _ = sm.fit(between[0]["allreduce"]["gloo, 2 hosts"]["rows"], 2)
+    assert f"fit of the gloo allreduce between two network-namespace hosts (veth + bridge): alpha = {alpha * 1e6:.0f} us" in text
+    assert f"alpha = {alpha * 1e6:.0f} us per ring step (measured here between two network-namespace hosts" in text
+    assert "compute per step, benchmark model (one process, batch 64):" in text

@@ -137,11 +137,13 @@ if mode == "elastic":
                 f.write(json.dumps({"end_of_epoch": epoch, "rank": hvdagent.rank(), "digest": digest(self.model)}) + "\n")
             start_size = 4 if how == "leave" else 2
             if epoch == 1 and hvdagent.rank() == 0 and hvdagent.size() == start_size:
-                before = served()
                 with open(hosts_file, "w") as f:
                     f.write(first_host if how == "leave" else first_host + second_host)
                 # The driver reads the discovery script about once a second: wait
                 # until it has read the new host list twice (so it has acted on it).
+                # Counted from after the write: a read in flight during it may have
+                # served the old list.
+                before = served()
                 deadline = time.monotonic() + 60
                 while served() < before + 2 and time.monotonic() < deadline:
                     threading.Event().wait(0.2)

@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -56,3 +57,29 @@ def weights_digest(model):
     for w in model.get_weights():
         h.update(w.tobytes())
     return h.hexdigest()
+
+
+def served(hosts_file):
+    """How many times the host-discovery script has run (it appends a line to
+    ``<hosts_file>.served`` each time)."""
+    try:
+        with open(str(hosts_file) + ".served") as f:
+            return len(f.read().splitlines())
+    except OSError:
+        return 0
+
+
+def change_hosts(hosts_file, text, timeout=60.0):
+    """Rewrite the host list, then wait until the elastic driver has run the
+    discovery script twice since: the first run read the new list, and the
+    driver acts on what a run returns (it tells the workers) before it starts
+    the next one. Counted from after the write, since a run in flight during
+    it may have served the old list. Returns ``(runs since, seconds waited)``
+    so that a test can tell the wait did not time out."""
+    start = time.monotonic()
+    with open(hosts_file, "w") as f:
+        f.write(text)
+    before = served(hosts_file)
+    while served(hosts_file) < before + 2 and time.monotonic() < start + timeout:
+        time.sleep(0.2)  # polling an observable condition
+    return served(hosts_file) - before, round(time.monotonic() - start, 1)

@@ -12,13 +12,13 @@ and training must go on with the other, from the last commit, to the last epoch.
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import _worker  # noqa: E402
 import hvdagent  # noqa: E402
 
 out_dir, hosts_file = sys.argv[1], sys.argv[2]
@@ -37,30 +37,11 @@ agent.compile(keras.optimizers.SGD(0.01), loss="mse")
 log = os.path.join(out_dir, f"epochs-{os.getpid()}.txt")
 
 
-def served():
-    """How many times the discovery script has run."""
-    try:
-        with open(hosts_file + ".served") as f:
-            return len(f.read().splitlines())
-    except OSError:
-        return 0
-
-
 def change_hosts(text):
-    """Rewrite the host list, then wait until the driver has run the discovery
-    script twice since: the first run read the new list, and the driver acts on
-    what a run returns (it tells the workers) before it starts the next one.
-    The wait is recorded, so that the test can tell it did not time out."""
-    start = time.monotonic()
-    with open(hosts_file, "w") as f:
-        f.write(text)
-    before = served()
-    deadline = start + 60
-    while served() < before + 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    """Rewrite the host list and wait for the driver to act on it; the wait is recorded."""
+    runs, waited = _worker.change_hosts(hosts_file, text)
     with open(log, "a") as f:
-        f.write(json.dumps({"hosts_changed": text.strip(), "served_after": served() - before,
-                            "waited_s": round(time.monotonic() - start, 1)}) + "\n")
+        f.write(json.dumps({"hosts_changed": text.strip(), "served_after": runs, "waited_s": waited}) + "\n")
 
 
 class Shrink(keras.callbacks.Callback):

@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import _worker  # noqa: E402
 import hvdagent  # noqa: E402
 from hvdagent import _hvd  # noqa: E402
 
@@ -119,13 +120,6 @@ if mode == "elastic":
     agent.compile(keras.optimizers.SGD(0.01), loss="mse")
     log = os.path.join(out_dir, f"epochs-{host}-{os.getpid()}.txt")
 
-    def served():
-        try:
-            with open(hosts_file + ".served") as f:
-                return len(f.read().splitlines())
-        except OSError:
-            return 0
-
     class Change(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             with open(log, "a") as f:
@@ -137,16 +131,7 @@ if mode == "elastic":
                 f.write(json.dumps({"end_of_epoch": epoch, "rank": hvdagent.rank(), "digest": digest(self.model)}) + "\n")
             start_size = 4 if how == "leave" else 2
             if epoch == 1 and hvdagent.rank() == 0 and hvdagent.size() == start_size:
-                with open(hosts_file, "w") as f:
-                    f.write(first_host if how == "leave" else first_host + second_host)
-                # The driver reads the discovery script about once a second: wait
-                # until it has read the new host list twice (so it has acted on it).
-                # Counted from after the write: a read in flight during it may have
-                # served the old list.
-                before = served()
-                deadline = time.monotonic() + 60
-                while served() < before + 2 and time.monotonic() < deadline:
-                    threading.Event().wait(0.2)
+                _worker.change_hosts(hosts_file, first_host if how == "leave" else first_host + second_host)
 
     history = agent.fit(x, y, batch_size=8, epochs=5, elastic=True, verbose=0, callbacks=[Change()])
     write_json(f"elastic-{host}-{os.getpid()}.json",

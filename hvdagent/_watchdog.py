@@ -265,8 +265,12 @@ class Watchdog:
         grace = launcher_grace()
         if lost and grace:
             # Name the loss now (mpirun does not name the host of a cut-off daemon), end after the grace.
-            new = [r for r in lost if r not in self._announced]
-            if new:
+            if any(r not in self._announced for r in lost):
+                # With them, the ranks of the same hosts already silent for a few beats (a healthy
+                # rank beats every second): a lost host's ranks are named together.
+                hosts = {self._host(r) for r in lost}
+                new = sorted(r for r, st in states.items() if r and r not in self._announced
+                             and self._host(r) in hosts and now - st["t"] > 3 * BEAT_EVERY_S)
                 self._announced.update(new)
                 say(f"[rank 0 on {self._host(0)}] hvdagent: lost contact with rank(s) {new} on host(s) "
                     f"{', '.join(sorted({self._host(r) for r in new}))} (no heartbeat for {self.peer_timeout:.0f} s); "

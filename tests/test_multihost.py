@@ -200,7 +200,9 @@ def test_training_across_hosts_then_losing_a_host(hosts, controller, tmp_path):
         assert "Process 2 exit with status code" in text or "Process 3 exit with status code" in text, text[-3000:]
         assert f"Connection to {hosts.env['HVDAGENT_HOSTS_SUBNET']}.12 closed by remote host" in text, text[-3000:]
     else:
-        assert "hvdhost2" in text, text[-3000:]
+        # mpirun names the host and the ranks when they die before the host's
+        # daemon; when the daemon dies first, ssh names the host's address.
+        assert "hvdhost2" in text or f"Connection to {hosts.env['HVDAGENT_HOSTS_SUBNET']}.12 closed" in text, text[-3000:]
     latest = json.loads((tmp_path / "ckB" / "latest.json").read_text())
     assert latest["epoch"] == 2  # epochs 0 and 1 were saved; epoch 2 was lost
 
@@ -223,7 +225,8 @@ def test_training_across_hosts_then_losing_a_host(hosts, controller, tmp_path):
         # hvdagent's heartbeat on rank 0 names the lost ranks and host (20 s);
         # then mpirun, through ssh's keep-alive (30-35 s), ends the job: it
         # reports the lost daemon without naming its host.
-        assert "hvdagent: lost contact with rank(s) [2, 3] on host(s) hvdhost2" in text, text[-3000:]
+        # (Both ranks in one line when their heartbeats stopped within a few beats of each other.)
+        assert re.search(r"hvdagent: lost contact with rank\(s\) \[(2, 3|2|3)\] on host\(s\) hvdhost2", text), text[-3000:]
         assert "ORTE was unable to reliably start one or more daemons" in text, text[-3000:]
 
 

@@ -203,11 +203,9 @@ def checked_init(init: Callable[[], None], allgather_object: Callable[..., list]
         placements = _placements_before_init(*kv) if kv else None
         twice = duplicate_host_message(placements) if placements else None
         if twice is None and _listed_twice_by_env():  # the other ranks did not report in time
-            host = socket.gethostname()
-            twice = (f"host {host!r} is listed more than once, so Horovod would treat one machine as two. List "
-                     f"each host once with all its slots (-H {host}:N or one line '{host} slots=N' in the hostfile). "
-                     f"Received: HOROVOD_CROSS_RANK={os.environ.get('HOROVOD_CROSS_RANK')}, "
-                     f"HOROVOD_CROSS_SIZE={os.environ.get('HOROVOD_CROSS_SIZE')} from horovodrun")
+            twice = _listed_twice(socket.gethostname(), "",
+                                  f"HOROVOD_CROSS_RANK={os.environ.get('HOROVOD_CROSS_RANK')}, "
+                                  f"HOROVOD_CROSS_SIZE={os.environ.get('HOROVOD_CROSS_SIZE')} from horovodrun")
         if twice:
             raise ValueError(f"hvdagent: {twice}")
     init()
@@ -234,12 +232,15 @@ def duplicate_host_message(placements: List[Tuple[str, Optional[str]]]) -> Optio
         if local is None:
             continue
         if (host, local) in seen:
-            return (f"host {host!r} is listed more than once (ranks {seen[(host, local)]} and {rank} both got local "
-                    f"rank {local} on it), so Horovod would treat one machine as two. List each host once with all "
-                    f"its slots (-H {host}:N or one line '{host} slots=N' in the hostfile). "
-                    f"Received: ranks per host {_per_host(placements)}")
+            return _listed_twice(host, f" (ranks {seen[(host, local)]} and {rank} both got local rank {local} on it)",
+                                 f"ranks per host {_per_host(placements)}")
         seen[(host, local)] = rank
     return None
+
+
+def _listed_twice(host: str, why: str, received: str) -> str:
+    return (f"host {host!r} is listed more than once{why}, so Horovod would treat one machine as two. List each host "
+            f"once with all its slots (-H {host}:N or one line '{host} slots=N' in the hostfile). Received: {received}")
 
 
 def _per_host(placements) -> str:

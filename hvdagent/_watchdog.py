@@ -265,16 +265,7 @@ class Watchdog:
         grace = launcher_grace()
         if lost and grace:
             # Name the loss now (mpirun does not name the host of a cut-off daemon), end after the grace.
-            if any(r not in self._announced for r in lost):
-                # With them, the ranks of the same hosts already silent for a few beats (a healthy
-                # rank beats every second): a lost host's ranks are named together.
-                hosts = {self._host(r) for r in lost}
-                new = sorted(r for r, st in states.items() if r and r not in self._announced
-                             and self._host(r) in hosts and now - st["t"] > 3 * BEAT_EVERY_S)
-                self._announced.update(new)
-                say(f"[rank 0 on {self._host(0)}] hvdagent: lost contact with rank(s) {new} on host(s) "
-                    f"{', '.join(sorted({self._host(r) for r in new}))} (no heartbeat for {self.peer_timeout:.0f} s); "
-                    f"mpirun has {grace:.0f} s to end the job before the ranks end themselves.\n")
+            self._announce(lost, states, now, grace)
             lost = [r for r in lost if now - states[r]["t"] > self.peer_timeout + grace]
         if lost:
             hosts = sorted({self._host(r) for r in lost})
@@ -290,6 +281,20 @@ class Watchdog:
         idle = min(float(st.get("i", 0.0)) + (now - st.get("t", now)) for st in states.values())
         if idle > self.stall_timeout:
             self._end(STALL_EXIT_CODE, self._stall_text(states, idle))
+
+    def _announce(self, lost: List[int], states: Dict[int, dict], now: float, grace: float) -> None:
+        """Name newly lost ranks once, with the ranks of the same hosts already
+        silent for a few beats (a healthy rank beats every second): a lost
+        host's ranks are named together."""
+        if all(r in self._announced for r in lost):
+            return
+        hosts = {self._host(r) for r in lost}
+        new = sorted(r for r, st in states.items() if r and r not in self._announced
+                     and self._host(r) in hosts and now - st["t"] > 3 * BEAT_EVERY_S)
+        self._announced.update(new)
+        say(f"[rank 0 on {self._host(0)}] hvdagent: lost contact with rank(s) {new} on host(s) "
+            f"{', '.join(sorted({self._host(r) for r in new}))} (no heartbeat for {self.peer_timeout:.0f} s); "
+            f"mpirun has {grace:.0f} s to end the job before the ranks end themselves.\n")
 
     def _host(self, r: int) -> str:
         return self.hosts[r] if r < len(self.hosts) else "?"

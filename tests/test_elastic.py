@@ -69,6 +69,8 @@ def test_a_joining_worker_gets_the_committed_state_and_the_data_is_resharded(tmp
     assert {r["iterations"] for r in results} == {2 * (160 // 8) + 3 * (160 // 16)}
     assert results[0]["weights"] == results[1]["weights"]  # the two workers end as one model
     assert {r["epochs_logged"] for r in results} == {5}  # the joiner's History has every epoch, as rank 0's
+    assert [r["history_epochs"] for r in results] == [[0, 1, 2, 3, 4]] * 2
+    assert results[0]["losses"] == results[1]["losses"]  # epochs 0-1 from the commit, 2-4 averaged over both
 
 
 @pytest.mark.timeout(400)

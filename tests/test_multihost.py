@@ -322,29 +322,3 @@ def test_elastic_host_leaves_or_joins(hosts, tmp_path, how):
         assert {r["iterations"] for r in results} == {2 * (160 // 16) + 3 * (160 // 32)}
     assert {r["epochs_logged"] for r in results} == {5}
     assert len({r["digest"] for r in results}) == 1
-
-
-# --- the start-up checks' logic, in one process ------------------------------------------
-
-
-def test_mismatch_message_names_each_differing_package_with_hosts_and_ranks():
-    from hvdagent._preflight import mismatch_message
-
-    same = {"hvdagent": "1", "horovod": "0.28.1", "tensorflow": "2.21.0", "keras": "3.15.1", "python": "3.11.2"}
-    other = dict(same, tensorflow="2.20.0", python="3.12.0")
-    reports = [("a", same), ("a", same), ("b", other), ("b", other)]
-    text = mismatch_message(reports)
-    assert text.startswith("the hosts of this job run different software: tensorflow 2.21.0 on a (ranks 0-1) "
-                           "but 2.20.0 on b (ranks 2-3); python 3.11.2 on a (ranks 0-1) but 3.12.0 on b (ranks 2-3).")
-    assert mismatch_message([("a", same), ("b", dict(same))]) is None
-
-
-def test_duplicate_host_and_hostname_checks():
-    from hvdagent._preflight import duplicate_host_message, hostname_problem
-
-    assert duplicate_host_message([("a", "0"), ("a", "1"), ("b", "0"), ("b", "1")]) is None
-    text = duplicate_host_message([("a", "0"), ("a", "1"), ("a", "0"), ("a", "1")])
-    assert "host 'a' is listed more than once (ranks 0 and 2 both got local rank 0 on it)" in text
-    assert "Received: ranks per host a: 4" in text
-    assert "does not resolve" in hostname_problem("no-such-host.invalid")
-    assert "resolves to 127.0.0.1 (loopback)" in hostname_problem("localhost")

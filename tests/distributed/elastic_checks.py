@@ -71,6 +71,7 @@ history = agent.fit(x, y, batch_size=8, epochs=5, elastic=True, verbose=0, callb
                     batches_per_commit=2 if mode == "shrink_mid" else None)
 with open(os.path.join(out_dir, f"result-{os.getpid()}.json"), "w") as f:
     json.dump({"rank": hvdagent.rank(), "size": hvdagent.size(), "epochs_logged": len(history.history["loss"]),
+               "history_epochs": list(history.epoch), "losses": history.history["loss"],
                "iterations": int(model.optimizer.iterations.numpy()),
                "weights": [w.tolist() for w in model.get_weights()]}, f)
 print(f"elastic done rank={hvdagent.rank()} size={hvdagent.size()}", flush=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +44,10 @@ VARIANTS = {
     "mpi-cycle0.1": ("hvdagent", "mpi", {"HOROVOD_CYCLE_TIME": "0.1"}, []),
     "mpi-fp16": ("hvdagent", "mpi", {}, ["--compression", "fp16"]),
     "mpi-autotune": ("hvdagent", "mpi", {"HOROVOD_AUTOTUNE": "1"}, []),
+    "nosync-cycle5": ("nosync", "gloo", {"HOROVOD_CYCLE_TIME": "5"}, []),
     "localsgd8": ("localsgd", "gloo", {}, ["--agent-kwargs", '{"sync_every": 8}']),
+    "localsgd8-cycle5": ("localsgd", "gloo", {"HOROVOD_CYCLE_TIME": "5"}, ["--agent-kwargs", '{"sync_every": 8}']),
+    "localsgd8-autotune": ("localsgd", "gloo", {"HOROVOD_AUTOTUNE": "1"}, ["--agent-kwargs", '{"sync_every": 8}']),
     "mpi-localsgd8": ("localsgd", "mpi", {}, ["--agent-kwargs", '{"sync_every": 8}']),
 }
 
@@ -58,6 +62,8 @@ def main(argv=None):
     p.add_argument("--np", type=int, default=2)
     p.add_argument("--out", default=str(HERE.parent / "bench-results"))
     p.add_argument("--allow-busy", action="store_true", help="measure on a busy machine anyway (marked invalid)")
+    p.add_argument("--history", default=None, metavar="DIR",
+                   help="also keep the results as DIR/levers-<date>-<time>-<machine>.json (never overwritten)")
     args = p.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     for n in names:
@@ -69,6 +75,8 @@ def main(argv=None):
         print(f"[levers] REFUSED: the machine is busy: {start['reason']}. Pass --allow-busy to measure anyway.",
               file=sys.stderr)
         return 2
+    t0 = time.time()
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t0))
     meter = run._machine.CpuMeter().start()
     runs = []
     for rep in range(args.repeats):
@@ -97,9 +105,14 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     during = meter.stop()
     valid = start["quiet"] and (during["other_cores"] or 0) <= run._machine.MAX_OTHER_CORES
-    (out / "levers.json").write_text(json.dumps(
-        {"machine": machine, "settings": vars(args), "start_check": start, "other_cores_during": during["other_cores"],
-         "valid": valid, "runs": runs, "summary": summary}, indent=1))
+    text = json.dumps({"machine": machine, "settings": vars(args), "started": started, "start_check": start,
+                       "other_cores_during": during["other_cores"], "valid": valid, "runs": runs, "summary": summary},
+                      indent=1)
+    (out / "levers.json").write_text(text)
+    if args.history and valid:
+        history = Path(args.history)
+        history.mkdir(parents=True, exist_ok=True)
+        (history / f"levers-{time.strftime('%Y-%m-%d-%H%M', time.gmtime(t0))}-{machine['slug']}.json").write_text(text)
     if not valid:
         print("[levers] INVALID: the machine was busy (see start_check and other_cores_during in levers.json)",
               file=sys.stderr)

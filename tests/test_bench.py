@@ -218,3 +218,33 @@ def test_tiny_run_on_both_controllers(tmp_path):
     fitted = [r for r in scaling_model.two_rank_check(rep) if r["measured"]]
     assert ("Scaling model against these 2-rank measurements" in text) == bool(fitted)
     assert "hvdagent / horovod" in proc.stdout
+
+
+def test_timeline_summary_splits_waiting_from_transfer(tmp_path):
+    import timeline
+
+    # Two parts of one grouped allreduce, run twice, and a single tensor once; as Horovod writes it (unterminated).
+    events = [{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "g_1of2"}},
+              {"name": "process_name", "ph": "M", "pid": 2, "args": {"name": "g_2of2"}},
+              {"name": "process_name", "ph": "M", "pid": 3, "args": {"name": "HorovodAllreduce"}}]
+    for pid in (1, 2):
+        for t0, wait in ((0, 60_000), (500_000, 2_000 * pid)):
+            events += [{"ph": "B", "name": "NEGOTIATE_ALLREDUCE", "ts": t0, "pid": pid},
+                       {"ph": "X", "name": "0", "ts": t0, "pid": pid, "dur": 0},
+                       {"ph": "E", "ts": t0 + wait, "pid": pid},
+                       {"ph": "B", "name": "ALLREDUCE", "ts": t0 + wait, "pid": pid},
+                       {"ph": "B", "name": "GLOO_ALLREDUCE", "ts": t0 + wait + 100, "pid": pid},
+                       {"ph": "E", "ts": t0 + wait + 2_500, "pid": pid},
+                       {"ph": "E", "ts": t0 + wait + 2_600, "pid": pid}]
+    events += [{"ph": "B", "name": "NEGOTIATE_ALLREDUCE", "ts": 0, "pid": 3}, {"ph": "E", "ts": 7_000, "pid": 3},
+               {"ph": "B", "name": "ALLREDUCE", "ts": 7_000, "pid": 3}, {"ph": "E", "ts": 8_000, "pid": 3}]
+    path = tmp_path / "tl.json"
+    path.write_text("[\n" + ",\n".join(json.dumps(e) for e in events) + ",")
+    groups = timeline.phases(timeline.load(str(path)))
+    assert groups == {"g": {"wait": [60.0, 4.0], "transfer": [2.6, 2.6]},
+                      "HorovodAllreduce": {"wait": [7.0], "transfer": [1.0]}}
+    text = timeline.table(groups)
+    assert text.splitlines()[1].split()[:4] == ["g", "2", "64", "ms"]
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "timeline.py"), str(path), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == groups

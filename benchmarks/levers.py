@@ -35,6 +35,12 @@ VARIANTS = {
     "fusion1MB": ("hvdagent", "gloo", {"HOROVOD_FUSION_THRESHOLD": str(2**20)}, []),
     "inter1": ("hvdagent", "gloo", {}, ["--inter", "1"]),
     "pin": ("hvdagent", "gloo", {}, ["--pin"]),
+    "bind": ("hvdagent", "gloo", {"HVDAGENT_BIND": "cores"}, []),
+    "bind-inter1": ("hvdagent", "gloo", {"HVDAGENT_BIND": "cores"}, ["--inter", "1"]),
+    "nosync-bind": ("nosync", "gloo", {"HVDAGENT_BIND": "cores"}, []),
+    "localsgd8-bind": ("localsgd", "gloo", {"HVDAGENT_BIND": "cores"}, ["--agent-kwargs", '{"sync_every": 8}']),
+    "mpi-bind": ("hvdagent", "mpi", {"HVDAGENT_BIND": "cores"}, []),
+    "mpi-nosync-bind": ("nosync", "mpi", {"HVDAGENT_BIND": "cores"}, []),
     "autotune": ("hvdagent", "gloo", {"HOROVOD_AUTOTUNE": "1"}, []),
     "fp16": ("hvdagent", "gloo", {}, ["--compression", "fp16"]),
     "bpps2": ("hvdagent", "gloo", {}, ["--bpps", "2"]),
@@ -52,6 +58,35 @@ VARIANTS = {
 }
 
 
+def describe(name: str) -> str:
+    """``localsgd8-cycle5`` -> ``localsgd, gloo, HOROVOD_CYCLE_TIME=5, {"sync_every": 8}``."""
+    config, controller, env, wargs = VARIANTS[name]
+    args = " ".join(a for a in wargs if a != "--agent-kwargs")
+    return ", ".join([config, controller] + [f"{k}={v}" for k, v in env.items()] + ([args] if args else []))
+
+
+def markdown(report: dict) -> str:
+    """The table of a ``levers.json``: every run in repeat order, the median, x base, sync overhead."""
+    m = report["machine"]
+    lines = [f"{report.get('started', '?')} on {m['cpu']}, {m['cores']} cores; "
+             f"{'valid (quiet machine)' if report['valid'] else '**INVALID: the machine was busy**'}; "
+             f"{report['settings']['repeats']} interleaved repeats of {report['settings']['steps']} steps x "
+             f"{report['settings']['epochs']} timed epochs, samples/s.", "",
+             "| variant | what runs | runs (samples/s, by repeat) | median | x base | sync overhead |",
+             "|---|---|---|---:|---:|---:|"]
+    for name, s in report["summary"].items():
+        if not s.get("ok"):
+            lines.append(f"| {name} | {describe(name) if name in VARIANTS else ''} | failed | | | |")
+            continue
+        runs = sorted((r for r in report["runs"] if r["name"] == name and "samples_per_s" in r),
+                      key=lambda r: r["repeat"])
+        fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(f"| {name} | {describe(name) if name in VARIANTS else ''} | "
+                     f"{', '.join(format(r['samples_per_s'], ',.0f') for r in runs)} | {s['median']:,.0f} | "
+                     f"{fmt(s.get('x_base'))} | {fmt(s.get('overhead'))} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated variants (default: all)")
@@ -64,7 +99,12 @@ def main(argv=None):
     p.add_argument("--allow-busy", action="store_true", help="measure on a busy machine anyway (marked invalid)")
     p.add_argument("--history", default=None, metavar="DIR",
                    help="also keep the results as DIR/levers-<date>-<time>-<machine>.json (never overwritten)")
+    p.add_argument("--markdown", default=None, metavar="JSON",
+                   help="print the table of an earlier run's levers.json and exit (measures nothing)")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     for n in names:
         if n not in VARIANTS:
@@ -105,7 +145,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     during = meter.stop()
     valid = start["quiet"] and (during["other_cores"] or 0) <= run._machine.MAX_OTHER_CORES
-    text = json.dumps({"machine": machine, "settings": vars(args), "started": started, "start_check": start,
+    text = json.dumps({"machine": machine, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "history")}, "started": started, "start_check": start,
                        "other_cores_during": during["other_cores"], "valid": valid, "runs": runs, "summary": summary},
                       indent=1)
     (out / "levers.json").write_text(text)

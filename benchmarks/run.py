@@ -366,7 +366,7 @@ def main(argv=None) -> int:
     for what, why in skipped.items():
         print(f"[bench] skipping {what}: {why}", flush=True)
     controllers = [c for c in args.controllers if c not in skipped]
-    settings = {k: v for k, v in vars(args).items()}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "history")}  # where it ran stays out
     report = {"schema": _history.SCHEMA, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine,
               "settings": settings, "skipped": skipped, "start_check": start}
     meter = _machine.CpuMeter().start()

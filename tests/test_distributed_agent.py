@@ -4,6 +4,7 @@ One launch per Keras generation runs many checks (tests/distributed/agent_checks
 the tests below assert on the values every rank wrote.
 """
 
+import os
 import subprocess
 import sys
 
@@ -17,7 +18,9 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module", params=["keras3", "keras2"])
 def run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
-    env = {"TF_USE_LEGACY_KERAS": "1"} if request.param == "keras2" else {"TF_USE_LEGACY_KERAS": "0"}
+    # The Keras 2 launch also runs with each rank bound to its own cores (hvdagent._binding).
+    env = ({"TF_USE_LEGACY_KERAS": "1", "HVDAGENT_BIND": "cores"} if request.param == "keras2"
+           else {"TF_USE_LEGACY_KERAS": "0", "HVDAGENT_BIND": "none"})
     proc = run_horovod(DIST / "agent_checks.py", out, timeout=420, env=env)
     return request.param, out, read_results(out), proc
 
@@ -108,3 +111,17 @@ print("lr", float(np.asarray(model.optimizer.learning_rate)))
     values = dict(line.split() for line in proc.stdout.splitlines() if line.startswith(("max_abs_diff", "lr")))
     assert float(values["max_abs_diff"]) == 0.0
     assert float(values["lr"]) == pytest.approx(1e-2)  # the unscaled, single-process rate
+
+
+def test_cpu_binding_gives_each_rank_its_own_cores_for_every_thread(run):
+    kind, _, (r0, r1), _ = run
+    allowed = sorted(os.sched_getaffinity(0))
+    if kind == "keras3":  # HVDAGENT_BIND=none: the operating system places the threads
+        assert r0["cpus"] == r1["cpus"] == allowed
+        return
+    if len(allowed) < 2:
+        pytest.skip(f"one CPU allowed here ({allowed}): nothing to split")
+    assert set(r0["cpus"]).isdisjoint(r1["cpus"]) and sorted(r0["cpus"] + r1["cpus"]) == allowed
+    for r in (r0, r1):
+        assert r["thread_cpus"] == [r["cpus"]], r  # all threads, including those started before the binding
+        assert r["threads"] > 3  # TensorFlow's and Horovod's threads were there to check

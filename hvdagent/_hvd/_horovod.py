@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any, List, Optional
 
-from hvdagent import _preflight
+from hvdagent import _binding, _preflight
 from hvdagent._hvd._errors import unavailable
 
 __all__ = ["HorovodBackend", "import_horovod", "set_process_defaults"]
@@ -92,6 +92,7 @@ class HorovodBackend:
             if hvd.is_initialized():
                 return
             set_process_defaults()
+            _binding.bind_from_env()  # before Horovod's and (if not yet started) TensorFlow's threads exist
             _preflight.checked_init(hvd.init, self.allgather_object, kv=_kv())  # hvd.init() between the start-up checks
 
     def restart(self) -> None:

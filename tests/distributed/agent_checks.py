@@ -136,5 +136,10 @@ checks.expect_error("mismatched_model", ValueError, agent.fit, x, y_reg, batch_s
 fresh = hvdagent.DistributedAgent(mlp(seed=1))
 checks.expect_error("fit_before_compile", RuntimeError, fresh.fit, x, y_reg, batch_size=8)
 checks.expect_error("batch_size_zero", ValueError, agent.fit, x, y_reg, batch_size=0)
+# 8. CPU binding (the Keras 2 launch runs with HVDAGENT_BIND=cores, the Keras 3 one without):
+# this rank's CPUs, and those of every thread it has now (TensorFlow's, Horovod's, Gloo's).
+checks.record("cpus", sorted(os.sched_getaffinity(0)))
+checks.record("thread_cpus", sorted({tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")}))
+checks.record("threads", len(os.listdir("/proc/self/task")))
 checks.record("ok", True)
 checks.finish()

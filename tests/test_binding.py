@@ -1,0 +1,49 @@
+"""HVDAGENT_BIND in one process: the slices, the validation, and when nothing
+is done. The binding itself runs for real in tests/test_distributed_agent.py
+(the Keras 2 launch: two ranks, every thread of each checked)."""
+
+import os
+
+import pytest
+
+from hvdagent import _binding
+from hvdagent._binding import bind_from_env, core_slice, mode_from_env
+
+
+def test_slices_are_disjoint_contiguous_and_cover_every_cpu():
+    for n in range(1, 13):
+        cpus = list(range(100, 100 + n))
+        for size in range(1, 2 * n + 2):
+            slices = [core_slice(cpus, r, size) for r in range(size)]
+            assert all(s for s in slices)
+            if size <= n:
+                assert sorted(sum(slices, [])) == cpus  # disjoint, and no CPU left idle
+                assert max(map(len, slices)) - min(map(len, slices)) <= 1
+                assert all(s == list(range(s[0], s[0] + len(s))) for s in slices)
+            else:
+                assert [s[0] for s in slices] == [cpus[r % n] for r in range(size)]
+
+
+def test_mode_is_validated_with_the_received_value():
+    assert mode_from_env({}) == "none"
+    assert mode_from_env({"HVDAGENT_BIND": " Cores "}) == "cores"
+    with pytest.raises(ValueError, match=r"HVDAGENT_BIND must be one of none, cores\. Received: HVDAGENT_BIND='core'"):
+        mode_from_env({"HVDAGENT_BIND": "core"})
+    with pytest.raises(ValueError, match="Received: HVDAGENT_BIND='core'"):
+        bind_from_env({"HVDAGENT_BIND": "core", "HOROVOD_LOCAL_RANK": "0", "HOROVOD_LOCAL_SIZE": "2"})
+
+
+def test_nothing_is_done_unless_asked_for_a_launched_rank_not_bound_by_its_launcher(monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda *a: calls.append(a))
+    launched = {"HOROVOD_LOCAL_RANK": "1", "HOROVOD_LOCAL_SIZE": "2"}
+    assert bind_from_env(launched) is None  # not asked
+    assert bind_from_env({"HVDAGENT_BIND": "cores"}) is None  # plain python: no launcher, no local rank
+    monkeypatch.setattr(_binding, "_bound_by_launcher", lambda: True)
+    assert bind_from_env(dict(launched, HVDAGENT_BIND="cores")) is None  # mpirun --bind-to, Slurm, taskset
+    assert calls == []
+    monkeypatch.setattr(_binding, "_bound_by_launcher", lambda: False)
+    mine = bind_from_env({"HVDAGENT_BIND": "cores", "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})
+    assert mine == core_slice(sorted(os.sched_getaffinity(0)), 1, 2)
+    assert calls and all(cpus == mine for _, cpus in calls)  # every thread of this process
+    assert os.getpid() in {tid for tid, _ in calls}  # the main thread (its id is the process id), and the others

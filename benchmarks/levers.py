@@ -98,7 +98,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(HERE.parent / "bench-results"))
     p.add_argument("--allow-busy", action="store_true", help="measure on a busy machine anyway (marked invalid)")
     p.add_argument("--history", default=None, metavar="DIR",
-                   help="also keep the results as DIR/levers-<date>-<time>-<machine>.json (never overwritten)")
+                   help="also keep a valid run as DIR/<date>-<time>-<machine>.json (never overwritten)")
     p.add_argument("--markdown", default=None, metavar="JSON",
                    help="print the table of an earlier run's levers.json and exit (measures nothing)")
     args = p.parse_args(argv)
@@ -115,8 +115,7 @@ def main(argv=None):
         print(f"[levers] REFUSED: the machine is busy: {start['reason']}. Pass --allow-busy to measure anyway.",
               file=sys.stderr)
         return 2
-    t0 = time.time()
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t0))
+    started = time.strftime("%Y-%m-%d %H:%M:%S")  # as run.py: the history's file name comes from it
     meter = run._machine.CpuMeter().start()
     runs = []
     for rep in range(args.repeats):
@@ -145,14 +144,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     during = meter.stop()
     valid = start["quiet"] and (during["other_cores"] or 0) <= run._machine.MAX_OTHER_CORES
-    text = json.dumps({"machine": machine, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "history")}, "started": started, "start_check": start,
-                       "other_cores_during": during["other_cores"], "valid": valid, "runs": runs, "summary": summary},
-                      indent=1)
-    (out / "levers.json").write_text(text)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "history")}  # where it ran stays out
+    report = {"machine": machine, "settings": settings, "started": started, "start_check": start,
+              "other_cores_during": during["other_cores"], "valid": valid, "runs": runs, "summary": summary}
+    (out / "levers.json").write_text(json.dumps(report, indent=1))
     if args.history and valid:
-        history = Path(args.history)
-        history.mkdir(parents=True, exist_ok=True)
-        (history / f"levers-{time.strftime('%Y-%m-%d-%H%M', time.gmtime(t0))}-{machine['slug']}.json").write_text(text)
+        print(f"added to the history: {run._history.save(report, args.history)}")
     if not valid:
         print("[levers] INVALID: the machine was busy (see start_check and other_cores_during in levers.json)",
               file=sys.stderr)

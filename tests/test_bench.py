@@ -248,3 +248,19 @@ def test_timeline_summary_splits_waiting_from_transfer(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "timeline.py"), str(path), "--json"],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == groups
+
+
+def test_levers_table_lists_every_run_in_repeat_order():
+    import levers
+
+    runs = [{"name": "base", "repeat": 1, "samples_per_s": 2000.0}, {"name": "base", "repeat": 0, "samples_per_s": 1000.0},
+            {"name": "bind", "repeat": 0, "error": "boom"}]
+    report = {"machine": {"cpu": "X", "cores": 2}, "started": "2026-01-01 00:00:00", "valid": False,
+              "settings": {"repeats": 2, "steps": 80, "epochs": 2},
+              "runs": runs, "summary": {"base": {"ok": 2, "median": 1500.0, "x_base": 1.0, "overhead": 0.25},
+                                        "bind": {"ok": 0}}}
+    lines = levers.markdown(report).splitlines()
+    assert "**INVALID: the machine was busy**" in lines[0]
+    assert lines[4] == "| base | hvdagent, gloo | 1,000, 2,000 | 1,500 | 1.00 | 0.25 |"
+    assert lines[5] == "| bind | hvdagent, gloo, HVDAGENT_BIND=cores | failed | | | |"
+    assert levers.describe("localsgd8-cycle5") == 'localsgd, gloo, HOROVOD_CYCLE_TIME=5, {"sync_every": 8}'

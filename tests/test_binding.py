@@ -33,6 +33,17 @@ def test_mode_is_validated_with_the_received_value():
         bind_from_env({"HVDAGENT_BIND": "core", "HOROVOD_LOCAL_RANK": "0", "HOROVOD_LOCAL_SIZE": "2"})
 
 
+def test_a_bad_value_is_an_error_without_a_launcher_too(monkeypatch):
+    from hvdagent._hvd._local import LocalBackend
+
+    monkeypatch.setenv("HVDAGENT_BIND", "all")
+    with pytest.raises(ValueError, match="Received: HVDAGENT_BIND='all'"):
+        LocalBackend().init()
+    monkeypatch.setenv("HVDAGENT_BIND", "cores")
+    LocalBackend().init()  # valid, and nothing to bind in one process
+    assert bind_from_env() is None
+
+
 def test_nothing_is_done_unless_asked_for_a_launched_rank_not_bound_by_its_launcher(monkeypatch):
     calls = []
     monkeypatch.setattr(os, "sched_setaffinity", lambda *a: calls.append(a))

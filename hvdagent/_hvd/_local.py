@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
+from hvdagent import _binding
+
 __all__ = ["LocalBackend"]
 
 
@@ -18,7 +20,7 @@ class LocalBackend:
     name = "local"
 
     def init(self) -> None:
-        pass
+        _binding.mode_from_env()  # one process has nothing to bind, but a bad HVDAGENT_BIND is still an error
 
     def is_initialized(self) -> bool:
         return True

@@ -10,7 +10,9 @@ tf_keras answers them (a hook counts if the class overrides the default).
 
 from __future__ import annotations
 
-from ._base import Callback
+import keras
+
+Callback = keras.callbacks.Callback
 
 _TRAIN = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")
 _TEST = ("on_test_batch_begin", "on_test_batch_end")
@@ -33,9 +35,3 @@ class EitherKerasCallback(Callback):
 
     def _implements_predict_batch_hooks(self) -> bool:
         return self._overrides(_PREDICT)
-
-
-def optimizer_of(model):
-    """The optimizer holding the learning rate (the inner one of an hvdagent wrapper)."""
-    opt = model.optimizer
-    return getattr(opt, "inner_optimizer", opt)

@@ -2,50 +2,11 @@
 
 from __future__ import annotations
 
-from hvdagent import _compat, _hvd
+from hvdagent._sync.broadcast import broadcast_model_state
+from hvdagent._sync.optimizer import save_as_plain
+from hvdagent._runtime import validate
 
 from ._either_keras import EitherKerasCallback
-
-
-def _variable_name(v) -> str:
-    return getattr(v, "path", None) or v.name
-
-
-def check_same_variables(variables, what: str = "model") -> None:
-    """Raise on every rank if ranks disagree on variable names, shapes or dtypes.
-
-    Runs one small allgather before any other collective, so a mismatch is an
-    error naming the variable instead of a hang or a garbled broadcast.
-    """
-    spec = [(_variable_name(v), tuple(v.shape), str(v.dtype)) for v in variables]
-    specs = _hvd.allgather_object(spec)
-    root = specs[0]
-    for rank, other in enumerate(specs[1:], start=1):
-        if len(other) != len(root):
-            raise ValueError(
-                f"the {what} has {len(root)} variables on rank 0 but {len(other)} on rank {rank}; "
-                "every rank must build the same model. "
-                f"Received: rank 0 variables {[s[0] for s in root]}, rank {rank} variables {[s[0] for s in other]}"
-            )
-        for (name0, shape0, dt0), (name, shape, dt) in zip(root, other):
-            if (shape0, dt0) != (shape, dt):
-                raise ValueError(
-                    f"variable {name0!r} of the {what} differs across ranks: shape {list(shape0)} {dt0} on rank 0, "
-                    f"shape {list(shape)} {dt} (variable {name!r}) on rank {rank}. Every rank must build the same model."
-                )
-
-
-def _save_plain_optimizer(model) -> None:
-    """A model compiled with ``hvd.DistributedOptimizer(opt)`` (Horovod's recipe) saves ``opt``.
-
-    Keras 3 writes the optimizer given to ``compile``; pointing that record at
-    the wrapped optimizer makes every file ``ModelCheckpoint`` or ``model.save``
-    writes a plain Keras file that loads without hvdagent (the wrapper already
-    saves exactly the wrapped optimizer's variables). Training is unchanged.
-    """
-    opt = getattr(model, "optimizer", None)
-    if hasattr(opt, "outer_optimizer") and getattr(opt, "_hvdagent", None) is not None:
-        _compat.replace_compiled_optimizer(model, opt, opt.outer_optimizer())
 
 
 class BroadcastGlobalVariablesCallback(EitherKerasCallback):
@@ -77,8 +38,7 @@ class BroadcastGlobalVariablesCallback(EitherKerasCallback):
 
     def __init__(self, root_rank: int = 0, device: str = "", local_variables=None):
         super().__init__()
-        if isinstance(root_rank, bool) or not isinstance(root_rank, int) or root_rank < 0:
-            raise ValueError(f"root_rank must be an integer >= 0. Received: root_rank={root_rank!r}")
+        validate.integer("root_rank", root_rank, minimum=0)
         if device not in ("", None):
             raise ValueError(f"device is not supported; leave it ''. Received: device={device!r}")
         if local_variables is None:
@@ -88,18 +48,8 @@ class BroadcastGlobalVariablesCallback(EitherKerasCallback):
         if not all(hasattr(v, "assign") for v in local_variables):
             raise ValueError(f"local_variables must be variables. Received: local_variables={local_variables!r}")
         self.root_rank = root_rank
-        self._local = {id(v) for v in local_variables}
+        self._local = list(local_variables)
 
     def on_train_begin(self, logs=None):
-        _save_plain_optimizer(self.model)
-        if _hvd.size() == 1:
-            return
-        if self.root_rank >= _hvd.size():
-            raise ValueError(f"root_rank must be < size ({_hvd.size()}). Received: root_rank={self.root_rank}")
-        model = self.model
-        _compat.build_optimizer(model)
-        check_same_variables(model.weights)
-        variables = list(model.weights)
-        if model.optimizer is not None:
-            variables += list(model.optimizer.variables)
-        _hvd.broadcast_variables([v for v in variables if id(v) not in self._local], root_rank=self.root_rank)
+        save_as_plain(self.model)
+        broadcast_model_state(self.model, self.root_rank, keep=self._local)

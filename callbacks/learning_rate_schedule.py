@@ -6,15 +6,13 @@ from numbers import Real
 from typing import Callable, Optional, Union
 
 from hvdagent import _compat
+from hvdagent._runtime import validate
 
-from ._either_keras import EitherKerasCallback, optimizer_of
+from ._either_keras import EitherKerasCallback
 
 
 def _check_number(name: str, value, minimum: float = 0.0, strict: bool = False) -> None:
-    bad = isinstance(value, bool) or not isinstance(value, Real) or (value <= minimum if strict else value < minimum)
-    if bad:
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValueError(f"{name} must be a number {bound}. Received: {name}={value!r}")
+    validate.number(name, value, minimum=minimum, exclusive=strict)
 
 
 def _momentum_slots(optimizer) -> list:
@@ -83,18 +81,15 @@ class LearningRateScheduleCallback(EitherKerasCallback):
         steps_per_epoch: Optional[int] = None,
     ):
         super().__init__()
-        if isinstance(initial_lr, bool) or not isinstance(initial_lr, Real) or initial_lr <= 0:
-            raise ValueError(f"initial_lr is required and must be a number > 0. Received: initial_lr={initial_lr!r}")
+        if initial_lr is None:
+            raise ValueError("initial_lr is required and must be a number > 0. Received: initial_lr=None")
+        validate.number("initial_lr", initial_lr, minimum=0, exclusive=True)
         _check_number("start_epoch", start_epoch)
         if end_epoch is not None:
             _check_number("end_epoch", end_epoch)
-        for name, value in (("staircase", staircase), ("momentum_correction", momentum_correction)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be a bool. Received: {name}={value!r}")
-        if steps_per_epoch is not None and (
-            isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0
-        ):
-            raise ValueError(f"steps_per_epoch must be a positive integer or None. Received: steps_per_epoch={steps_per_epoch!r}")
+        validate.boolean("staircase", staircase)
+        validate.boolean("momentum_correction", momentum_correction)
+        validate.optional(validate.integer, "steps_per_epoch", steps_per_epoch, minimum=1)
         if callable(multiplier):
             self.multiplier = multiplier
         elif isinstance(multiplier, Real) and not isinstance(multiplier, bool):
@@ -109,7 +104,7 @@ class LearningRateScheduleCallback(EitherKerasCallback):
 
     # --- Keras hooks ----------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        optimizer = optimizer_of(self.model)
+        optimizer = _compat.base_optimizer(self.model.optimizer)
         if _compat.has_schedule(optimizer):
             raise ValueError(
                 f"{type(self).__name__} sets a float learning rate, but the optimizer's learning rate is a "
@@ -136,7 +131,7 @@ class LearningRateScheduleCallback(EitherKerasCallback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["lr"] = _compat.get_lr(optimizer_of(self.model))
+            logs["lr"] = _compat.get_lr(_compat.base_optimizer(self.model.optimizer))
 
     # --- the work ---------------------------------------------------------------------
     def _in_range(self) -> bool:
@@ -144,7 +139,7 @@ class LearningRateScheduleCallback(EitherKerasCallback):
         return epoch >= self.start_epoch and (self.end_epoch is None or epoch < self.end_epoch)
 
     def _adjust(self, epoch: float) -> None:
-        optimizer = optimizer_of(self.model)
+        optimizer = _compat.base_optimizer(self.model.optimizer)
         old = _compat.get_lr(optimizer)
         new = self.initial_lr * self.multiplier(epoch)
         _compat.set_lr(optimizer, new)

@@ -6,7 +6,6 @@ from typing import Optional
 
 from hvdagent import _compat, _hvd
 
-from ._either_keras import optimizer_of
 from .learning_rate_schedule import LearningRateScheduleCallback, _check_number
 
 
@@ -76,5 +75,5 @@ class LearningRateWarmupCallback(LearningRateScheduleCallback):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if epoch == self.end_epoch - 1 and self.verbose > 0 and _hvd.rank() == 0:
-            rate = _compat.get_lr(optimizer_of(self.model))
+            rate = _compat.get_lr(_compat.base_optimizer(self.model.optimizer))
             print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to {rate:g}.", flush=True)

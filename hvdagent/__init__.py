@@ -10,18 +10,22 @@ with Horovod's signatures, on Keras 3 and tf_keras.
 (1, 0, True)
 """
 
-from hvdagent import _data, _hvd
-from hvdagent._hvd import HorovodUnavailableError
-from hvdagent._version import __version__
-from hvdagent._agent import DistributedAgent
-from hvdagent._data import shard_dataset
-from hvdagent._launch import LaunchError, LaunchTimeoutError, launch
-from hvdagent._layers import SyncBatchNormalization
-from hvdagent._optimizer import DistributedOptimizer
-from hvdagent._process import init, is_chief, local_rank, local_size, rank, size
-from hvdagent._profiler import SyncProfiler
-from hvdagent._watchdog_pause import paused as watchdog_paused
-from hvdagent._horovod_api import (
+from hvdagent import _hvd
+from hvdagent._runtime.startup import Startup as _Startup
+
+_hvd.use_startup(_Startup())  # binding and start-up checks run when the backend initialises
+
+from hvdagent._hvd import HorovodUnavailableError  # noqa: E402
+from hvdagent._version import __version__  # noqa: E402
+from hvdagent._agent.agent import DistributedAgent  # noqa: E402
+from hvdagent._data.shard import align_random_seeds as _align_random_seeds, shard_dataset  # noqa: E402
+from hvdagent._launch.api import LaunchError, LaunchTimeoutError, launch  # noqa: E402
+from hvdagent._runtime.process import init, is_chief, local_rank, local_size, rank, size  # noqa: E402
+from hvdagent._sync.batchnorm import SyncBatchNormalization  # noqa: E402
+from hvdagent._sync.profiler import SyncProfiler  # noqa: E402
+from hvdagent._watchdog.pause import paused as watchdog_paused  # noqa: E402
+from hvdagent._horovod_keras.optimizer import DistributedOptimizer  # noqa: E402
+from hvdagent._horovod_keras.api import (  # noqa: E402
     Adasum,
     Average,
     Compression,
@@ -36,8 +40,8 @@ from hvdagent._horovod_api import (
     nccl_built,
     shutdown,
 )
-from hvdagent._horovod_load import load_model
-from hvdagent._horovod_collectives import (
+from hvdagent._horovod_keras.load import load_model  # noqa: E402
+from hvdagent._horovod_keras.collectives import (  # noqa: E402
     allgather,
     allgather_object,
     allreduce,
@@ -50,8 +54,8 @@ from hvdagent import callbacks, elastic  # noqa: E402 (hvd.callbacks, hvd.elasti
 
 if _hvd.is_launched():
     # Before the user's input pipelines exist: unseeded tf.data shuffles then
-    # iterate in the same order on every rank (see _data.align_random_seeds).
-    _data.align_random_seeds()
+    # iterate in the same order on every rank (see _data.shard.align_random_seeds).
+    _align_random_seeds()
 
 __all__ = [
     "__version__",

@@ -12,7 +12,7 @@ def main(argv=None) -> int:
     sub.add_parser("doctor", help="report versions and check that Horovod matches TensorFlow")
     args = parser.parse_args(argv)
     if args.command == "doctor":
-        from hvdagent import _doctor
+        from hvdagent._runtime import doctor as _doctor
 
         return _doctor.run()
     return 2

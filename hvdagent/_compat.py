@@ -257,6 +257,17 @@ def _tf_keras_forwarder():
     return Forward
 
 
+def for_model(callback, model):
+    """``callback`` in the form ``model.fit`` of the model's generation accepts.
+
+    hvdagent's callbacks are Keras 3 callbacks: under tf_keras they get a
+    forwarder; the user's own callbacks pass as they are.
+    """
+    if isinstance(callback, _keras3().callbacks.Callback):
+        return callback_for_model(callback, model)
+    return callback
+
+
 def callback_for_model(callback, model):
     """hvdagent's callbacks are Keras 3 callbacks; a tf_keras ``fit`` gets a forwarder."""
     if generation(model) == KERAS2:

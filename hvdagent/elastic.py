@@ -29,6 +29,7 @@ from typing import Any, Callable, List
 
 from hvdagent import _hvd
 from hvdagent.callbacks._either_keras import EitherKerasCallback
+from hvdagent._runtime import validate
 
 __all__ = ["KerasState", "CommitStateCallback", "UpdateBatchStateCallback", "UpdateEpochStateCallback", "run"]
 
@@ -163,8 +164,7 @@ class CommitStateCallback(EitherKerasCallback):
 
     def __init__(self, state, batches_per_commit: int = 1):
         super().__init__()
-        if isinstance(batches_per_commit, bool) or not isinstance(batches_per_commit, int) or batches_per_commit < 1:
-            raise ValueError(f"batches_per_commit must be an integer >= 1. Received: batches_per_commit={batches_per_commit!r}")
+        validate.integer("batches_per_commit", batches_per_commit, minimum=1)
         self.state, self.batches_per_commit = state, batches_per_commit
         self.batches_remaining = batches_per_commit
 

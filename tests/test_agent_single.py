@@ -43,7 +43,7 @@ def test_already_compiled_model_keeps_loss_metrics_and_gets_a_distributed_optimi
     model.compile(keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
     plain.compile(keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
     agent = hvdagent.DistributedAgent(model)
-    assert hvdagent._optimizer.is_distributed(model.optimizer)
+    assert hvdagent._sync.parts.is_distributed(model.optimizer)
     assert model.optimizer.inner_optimizer.__class__.__name__ == "Adam"
     history = agent.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     expected = plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)

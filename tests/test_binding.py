@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from hvdagent import _binding
-from hvdagent._binding import bind_from_env, core_slice, mode_from_env
+from hvdagent._runtime import binding as _binding
+from hvdagent._runtime.binding import bind_from_env, core_slice, mode_from_env
 
 
 def test_slices_are_disjoint_contiguous_and_cover_every_cpu():
@@ -34,13 +34,16 @@ def test_mode_is_validated_with_the_received_value():
 
 
 def test_a_bad_value_is_an_error_without_a_launcher_too(monkeypatch):
-    from hvdagent._hvd._local import LocalBackend
+    from hvdagent import _hvd
+    from hvdagent._hvd.local import LocalBackend
+    from hvdagent._runtime.startup import Startup
 
+    assert isinstance(_hvd._STARTUP, Startup)  # importing hvdagent hands its start-up to the seam
     monkeypatch.setenv("HVDAGENT_BIND", "all")
     with pytest.raises(ValueError, match="Received: HVDAGENT_BIND='all'"):
-        LocalBackend().init()
+        LocalBackend(_hvd._STARTUP).init()
     monkeypatch.setenv("HVDAGENT_BIND", "cores")
-    LocalBackend().init()  # valid, and nothing to bind in one process
+    LocalBackend(_hvd._STARTUP).init()  # valid, and nothing to bind in one process
     assert bind_from_env() is None
 
 

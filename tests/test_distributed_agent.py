@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module", params=["keras3", "keras2"])
 def run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
-    # The Keras 2 launch also runs with each rank bound to its own cores (hvdagent._binding).
+    # The Keras 2 launch also runs with each rank bound to its own cores (hvdagent._runtime.binding).
     env = ({"TF_USE_LEGACY_KERAS": "1", "HVDAGENT_BIND": "cores"} if request.param == "keras2"
            else {"TF_USE_LEGACY_KERAS": "0", "HVDAGENT_BIND": "none"})
     proc = run_horovod(DIST / "agent_checks.py", out, timeout=420, env=env)

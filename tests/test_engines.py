@@ -24,7 +24,7 @@ ROOT_PID = os.getpid()
 # Command-line fragments of every process Ray, Spark or a launch starts.
 ENGINE_PROCESSES = ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard", "default_worker.py",
                     "org.apache.spark", "pyspark.daemon", "pyspark/jars", "horovod.spark.task",
-                    "hvdagent._launch_worker")
+                    "hvdagent._launch.worker")
 EPOCHS, BATCH = 3, 32
 LAUNCH_TIMEOUT_S = 600
 
@@ -215,7 +215,7 @@ def spark_session():
     pytest.importorskip("pyspark")  # the spark extra; ci/setup.sh installs it
     from pyspark.sql import SparkSession
 
-    from hvdagent._launch_spark import stop_session
+    from hvdagent._launch.spark import stop_session
 
     since = time.time()
     os.environ["PYSPARK_PYTHON"] = sys.executable

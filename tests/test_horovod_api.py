@@ -93,7 +93,7 @@ def test_signatures_are_horovods():
 
 
 def _sync(optimizer):
-    from hvdagent._optimizer import parts_of
+    from hvdagent._sync.parts import parts_of
 
     return parts_of(optimizer).sync.options
 
@@ -242,7 +242,7 @@ def test_callback_argument_errors():
     with pytest.raises(ValueError, match="local_variables must be variables. Received: local_variables=\\[1\\]"):
         hvd.callbacks.BroadcastGlobalVariablesCallback(0, local_variables=[1])
     v = keras.Variable(1.0)
-    assert hvd.callbacks.BroadcastGlobalVariablesCallback(0, local_variables=v)._local == {id(v)}
+    assert [id(x) for x in hvd.callbacks.BroadcastGlobalVariablesCallback(0, local_variables=v)._local] == [id(v)]
 
 
 def test_horovod_callbacks_run_in_tf_keras_fit(tmp_path):

@@ -27,7 +27,7 @@ def _leftover_workers(since):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
             if (p.info["create_time"] >= since - 1 and p.info["status"] != psutil.STATUS_ZOMBIE
-                    and ("hvdagent._launch_worker" in cmd or "horovod.runner.launch" in cmd)):
+                    and ("hvdagent._launch.worker" in cmd or "horovod.runner.launch" in cmd)):
                 left.append((p.pid, cmd[:120]))
         except psutil.Error:
             pass

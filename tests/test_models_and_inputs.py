@@ -162,6 +162,17 @@ def test_unseeded_shuffles_are_partitions_and_evaluate_is_exact(inputs):
         assert r["unseeded_eval"] == pytest.approx(r0["unseeded_eval_single"], abs=1e-6)
 
 
+def test_a_split_dataset_transformed_afterwards_is_never_split_again(inputs):
+    """shard_dataset(...) then map/batch/prefetch: every sample exactly once per epoch, exact metrics."""
+    for r in inputs:
+        expected = r["resplit_expected_loss"]
+        for name in ("elements_map_batch", "batched_then_map", "shuffled_map_batch"):
+            assert r[f"resplit_{name}_fit_count"] == [65.0, 65.0], name
+            assert r[f"resplit_{name}_fit_loss"] == pytest.approx([expected, expected], rel=1e-6), name
+            assert r[f"resplit_{name}_eval"]["count"] == 65.0, name
+            assert r[f"resplit_{name}_eval"]["loss"] == pytest.approx(expected, rel=1e-6), name
+
+
 def test_bad_inputs_are_named(inputs):
     for r in inputs:
         assert r["generator_without_steps"]["raised"] == "ValueError"

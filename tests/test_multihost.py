@@ -237,7 +237,7 @@ def test_different_versions_on_one_host_are_an_error_on_every_rank(hosts, tmp_pa
     import keras
     import tensorflow as tf
 
-    expected = ("hvdagent._preflight.EnvironmentMismatchError: hvdagent: the hosts of this job run different software: "
+    expected = ("hvdagent._runtime.preflight.EnvironmentMismatchError: hvdagent: the hosts of this job run different software: "
                 f"tensorflow {tf.__version__} on hvdhost1 (ranks 0-1) but 2.20.0 on hvdhost2 (ranks 2-3); "
                 f"keras {keras.__version__} on hvdhost1 (ranks 0-1) but 3.9.0 on hvdhost2 (ranks 2-3).")
     ranks_reporting = [r for r in range(4) if f"[{r}]<stderr>:" + expected in proc.text]

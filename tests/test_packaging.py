@@ -111,3 +111,9 @@ def test_fresh_venv_installs_hvdagent_with_its_callbacks(tmp_path, editable, iso
     assert f"Version: {version}" in meta
     # The console script is installed too.
     assert (py.parent / "hvdagent").exists()
+
+
+def test_setup_py_is_a_shim_over_pyproject(version):
+    """`python setup.py --version` (older tools) reads the one source of metadata."""
+    out = _run([sys.executable, "setup.py", "--version"], cwd=ROOT, timeout=120)
+    assert out.strip().splitlines()[-1] == version

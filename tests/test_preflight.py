@@ -1,4 +1,4 @@
-"""The start-up checks' logic (hvdagent._preflight), in one process: the
+"""The start-up checks' logic (hvdagent._runtime.preflight), in one process: the
 messages, and which check fires before Horovod's init is ever called. The
 same checks run for real across two hosts in tests/test_multihost.py."""
 
@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from hvdagent import _preflight
-from hvdagent._preflight import checked_init, duplicate_host_message, hostname_problem, mismatch_message
+from hvdagent._runtime import preflight as _preflight
+from hvdagent._runtime.preflight import checked_init, duplicate_host_message, hostname_problem, mismatch_message
 
 
 def test_mismatch_message_names_each_differing_package_with_hosts_and_ranks():

@@ -8,7 +8,7 @@ import pytest
 from conftest import read_results, run_horovod
 
 import hvdagent
-from hvdagent._profiler import LOG_KEYS, SyncProfiler, _SyncTimer, format_record
+from hvdagent._sync.profiler import LOG_KEYS, SyncProfiler, format_record
 
 
 def _agent(keras_module):
@@ -45,24 +45,32 @@ def test_tf_keras_and_refit_after_fit_without_profiler():
     assert prof.history[0]["compute_time"] > 0
 
 
-def test_timer_measures_inside_a_tf_function():
+def test_the_sync_times_its_reductions_inside_a_tf_function():
     import tensorflow as tf
 
-    timer = _SyncTimer()
+    from hvdagent._sync.gradients import GradientSync
+    from hvdagent._sync.options import SyncOptions
+    from hvdagent._sync.schedule import Schedule
+
+    sync = GradientSync(SyncOptions(), Schedule())
+    assert sync.timing() == (0.0, 0)  # not built: nothing measured
+    sync.build([tf.Variable(tf.zeros([2]))])
+
+    def slow(tensors):
+        y = tf.linalg.matmul(tensors[0], tensors[0])
+        for _ in range(20):
+            y = tf.linalg.matmul(y, tensors[0]) / 100.0
+        return [y]
 
     @tf.function
     def step(x):
-        mark = timer.begin([x])
-        y = tf.linalg.matmul(x, x)
-        for _ in range(20):
-            y = tf.linalg.matmul(y, x) / 100.0
-        return timer.end([y], mark)
+        return sync._timed([x], slow)
 
     step(tf.ones([200, 200]))
     step(tf.ones([200, 200]))
-    assert int(timer.calls.numpy()) == 2 and float(timer.seconds.numpy()) > 0
-    timer.reset()
-    assert int(timer.calls.numpy()) == 0 and float(timer.seconds.numpy()) == 0.0
+    seconds, calls = sync.timing(reset=True)
+    assert calls == 2 and seconds > 0
+    assert sync.timing() == (0.0, 0)  # reset
 
 
 def test_errors_name_the_argument():
@@ -87,7 +95,7 @@ WORKER = textwrap.dedent('''
     import numpy as np
     import keras, tensorflow as tf
     import hvdagent
-    from hvdagent._profiler import SyncProfiler
+    from hvdagent._sync.profiler import SyncProfiler
 
     hvdagent.init()
     rank, size = hvdagent.rank(), hvdagent.size()
@@ -102,7 +110,7 @@ WORKER = textwrap.dedent('''
     out["history"] = {k: hist.history[k] for k in ("sync_time", "compute_time", "sync_fraction")}
 
     # The reduction is weighted by each rank's count.
-    sync = hvdagent._optimizer.parts_of(model.optimizer).sync
+    sync = hvdagent._sync.parts.parts_of(model.optimizer).sync
     grads = [tf.fill([3, 2], float(rank + 1)), tf.fill([5], float(10 * (rank + 1)))]
     count = tf.constant(float(rank + 1))  # rank 0: 1 sample, rank 1: 2 samples
     out["weighted"] = [g.numpy().tolist() for g in sync.reduce(grads, count=count)]

@@ -114,7 +114,9 @@ def test_slow_rank0_work_does_not_end_a_healthy_job(tmp_path):
 
 
 def test_watchdog_pause_and_where_the_main_thread_is():
-    from hvdagent import _main_thread, _watchdog_env, _watchdog_pause
+    from hvdagent._watchdog import main_thread as _main_thread
+    from hvdagent._watchdog import env as _watchdog_env
+    from hvdagent._watchdog import pause as _watchdog_pause
 
     assert _watchdog_pause._PAUSED == 0 and not _watchdog_pause.is_paused()
     with _watchdog_pause.paused("checkpoint"):
@@ -141,7 +143,8 @@ def test_watchdog_pause_and_where_the_main_thread_is():
 
 def test_the_stall_clock_restarts_when_a_pause_ends(monkeypatch):
     import hvdagent
-    from hvdagent import _watchdog, _watchdog_pause
+    from hvdagent._watchdog import watchdog as _watchdog
+    from hvdagent._watchdog import pause as _watchdog_pause
 
     assert hvdagent.watchdog_paused is _watchdog_pause.paused
     monkeypatch.setattr(_watchdog_pause, "_RESUMED_AT", float("-inf"))  # no pause has ended yet

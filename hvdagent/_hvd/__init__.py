@@ -1,20 +1,23 @@
 """The seam: every call hvdagent makes into Horovod goes through this package.
 
-It is the only part of hvdagent that imports ``horovod`` (checked by the
-import contracts in ``setup.cfg``). The rest of the package talks to *the
-backend*, an object chosen once per process:
+It is the only part of hvdagent that imports ``horovod``, and it imports
+nothing of hvdagent above it (both checked by ``tests/test_architecture.py``).
+The rest of the package talks to *the backend*, an object chosen once per
+process, that implements :class:`~hvdagent._hvd.backend.Backend`:
 
-* :class:`~hvdagent._hvd._local.LocalBackend` when the process was not started
+* :class:`~hvdagent._hvd.local.LocalBackend` when the process was not started
   by a launcher (plain ``python script.py``, a notebook, a serving box): size
   1, collectives are identities, and Horovod is never imported, so it need not
   even be installed;
-* :class:`~hvdagent._hvd._horovod.HorovodBackend` under ``horovodrun``,
+* :class:`~hvdagent._hvd.horovod_backend.HorovodBackend` under ``horovodrun``,
   ``mpirun``, ``hvdagent.launch``, Ray or Spark: Horovod's collectives over
   Gloo or MPI. If Horovod is missing or broken there, the first call raises
   :class:`HorovodUnavailableError` saying how to get it.
 
 The module-level functions below are the whole vocabulary the package uses;
-each delegates to the backend.
+each delegates to the backend. What happens around initialisation that is
+not Horovod's business (CPU binding, the start-up checks) is handed down by
+the package with :func:`use_startup`.
 
 >>> from hvdagent import _hvd
 >>> _hvd.size(), _hvd.rank(), _hvd.allgather_object("x")
@@ -27,11 +30,16 @@ import os
 import threading
 from typing import Any, List, Optional, Sequence
 
-from hvdagent._hvd._errors import HorovodUnavailableError
-from hvdagent._hvd._local import LocalBackend
+from hvdagent._hvd.backend import OPS, Backend, PlainStartup, Startup
+from hvdagent._hvd.errors import HorovodUnavailableError
+from hvdagent._hvd.local import LocalBackend
 
 __all__ = [
     "HorovodUnavailableError",
+    "OPS",
+    "LAUNCHER_ENV",
+    "use_startup",
+    "launcher_rank",
     "backend",
     "init",
     "is_initialized",
@@ -61,16 +69,27 @@ LAUNCHER_ENV = (
 )
 
 _LOCK = threading.Lock()
-_BACKEND = None
+_BACKEND: Optional[Backend] = None
+_STARTUP: Startup = PlainStartup()
 
-# The name of the eager collective this process is blocked in, if any (read by
-# the stall watchdog to tell "waiting for the others" from "stuck elsewhere").
-WAITING_IN: Optional[str] = None
+
+def use_startup(startup: Startup) -> None:
+    """The start-up hooks every backend runs when it initialises (see :class:`~hvdagent._hvd.backend.Startup`)."""
+    global _STARTUP
+    _STARTUP = startup
 
 
 def is_launched() -> bool:
     """True when this process was started by a Horovod/MPI launcher."""
     return any(name in os.environ for name in LAUNCHER_ENV)
+
+
+def launcher_rank(environ=os.environ) -> Optional[int]:
+    """The rank a launcher gave this process in its environment (None without a launcher)."""
+    for name in LAUNCHER_ENV:
+        if name in environ:
+            return int(environ[name])
+    return None
 
 
 def backend():
@@ -80,11 +99,11 @@ def backend():
         with _LOCK:
             if _BACKEND is None:
                 if is_launched():
-                    from hvdagent._hvd._horovod import HorovodBackend
+                    from hvdagent._hvd.horovod_backend import HorovodBackend
 
-                    _BACKEND = HorovodBackend()
+                    _BACKEND = HorovodBackend(_STARTUP)
                 else:
-                    _BACKEND = LocalBackend()
+                    _BACKEND = LocalBackend(_STARTUP)
     return _BACKEND
 
 
@@ -151,53 +170,33 @@ def broadcast_variables(variables: Sequence[Any], root_rank: int = 0) -> None:
     backend().broadcast_variables(list(variables), root_rank=root_rank)
 
 
-class _waiting:
-    """Marks the eager collective this process is blocked in (for the watchdog)."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __enter__(self):
-        global WAITING_IN
-        WAITING_IN = self.name
-
-    def __exit__(self, *exc):
-        global WAITING_IN
-        WAITING_IN = None
-        return False
-
-
 def broadcast_object(obj: Any, root_rank: int = 0, name: Optional[str] = None) -> Any:
     """Return ``root_rank``'s picklable ``obj`` on every rank."""
-    with _waiting(name or "broadcast_object"):
-        return backend().broadcast_object(obj, root_rank=root_rank, name=name)
+    return backend().broadcast_object(obj, root_rank=root_rank, name=name)
 
 
 def allgather_object(obj: Any, name: Optional[str] = None) -> List[Any]:
     """Return the list of every rank's picklable ``obj``, in rank order."""
-    with _waiting(name or "allgather_object"):
-        return backend().allgather_object(obj, name=name)
+    return backend().allgather_object(obj, name=name)
 
 
 def allreduce_object(value: float, op: str = "sum", name: Optional[str] = None) -> float:
     """Reduce one Python number across ranks (eagerly)."""
-    with _waiting(name or "allreduce_object"):
-        return backend().allreduce_object(value, op=op, name=name)
+    return backend().allreduce_object(value, op=op, name=name)
 
 
 def barrier() -> None:
     """Block until every rank reaches this point."""
-    with _waiting("barrier"):
-        backend().barrier()
+    backend().barrier()
 
 
 # --- the launcher's key-value store, elastic training, the doctor ------------
 # (Horovod's runner and elastic modules; imported lazily by _runner.)
 
-from hvdagent._hvd._runner import elastic_run, kv_get, kv_put, make_elastic_state, probe  # noqa: E402,F401
+from hvdagent._hvd.runner import elastic_run, kv_get, kv_put, make_elastic_state, probe  # noqa: E402,F401
 
 
 # --- cluster engines: hvdagent.launch(engine="ray" | "spark") -----------------
 # (Horovod's Ray and Spark runners; imported lazily by _engines.)
 
-from hvdagent._hvd._engines import ray_executor, spark_next_job_group, spark_run  # noqa: E402,F401
+from hvdagent._hvd.engines import ray_executor, spark_next_job_group, spark_run  # noqa: E402,F401

@@ -73,7 +73,7 @@ agent.compile(keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy
 history = agent.fit(x, y_cls, batch_size=16, epochs=3, shuffle=True, verbose=0)
 checks.record("final_digest", weights_digest(model))
 checks.record("history", {k: [float(v) for v in vals] for k, vals in history.history.items()})
-checks.record("scaled_lr", hvdagent._optimizer.parts_of(model.optimizer).lr.effective_rate(model.optimizer))
+checks.record("scaled_lr", hvdagent._sync.parts.parts_of(model.optimizer).lr.effective_rate(model.optimizer))
 checks.record("stored_lr", float(np.asarray(model.optimizer.learning_rate)))  # what the user gave, and what is saved
 
 # 3. Exact metrics: an uneven validation set (101 samples over 2 ranks, batch 16).

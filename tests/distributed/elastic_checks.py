@@ -49,7 +49,7 @@ class Shrink(keras.callbacks.Callback):
         self.epoch = epoch
         with open(log, "a") as f:
             f.write(json.dumps({"epoch": epoch, "rank": hvdagent.rank(), "size": hvdagent.size(),
-                                "lr": hvdagent._optimizer.parts_of(self.model.optimizer).lr.effective_rate(self.model.optimizer),
+                                "lr": hvdagent._sync.parts.parts_of(self.model.optimizer).lr.effective_rate(self.model.optimizer),
                                 "stored_lr": float(np.asarray(self.model.optimizer.learning_rate))}) + "\n")
 
     def on_train_batch_end(self, batch, logs=None):

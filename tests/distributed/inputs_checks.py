@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import hvdagent  # noqa: E402
-from hvdagent import _hvd, _inputs  # noqa: E402
+from hvdagent import _hvd  # noqa: E402
+from hvdagent._data import inputs as _inputs
 
 LEGACY = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
 if LEGACY:
@@ -140,6 +141,43 @@ agent.fit(train_ds, epochs=2, validation_data=val_ds, verbose=0)
 checks.record("unseeded_eval", agent.evaluate(val_ds, return_dict=True, verbose=0))
 checks.record("unseeded_eval_single", clf.evaluate(x[:90], labels[:90], return_dict=True, verbose=0))
 checks.record("unseeded_digest", weights_digest(clf))
+
+# 7b. A dataset split by shard_dataset, transformed afterwards (map, batch, prefetch): the agent
+# knows it is split already, so every sample is seen exactly once per epoch (65 samples: uneven).
+class Count(keras.metrics.Metric):
+    def __init__(self, name="count", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.n = self.add_weight(name="n", shape=(), initializer="zeros")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.n.assign_add(tf.cast(tf.shape(y_true)[0], self.n.dtype))
+
+    def result(self):
+        return self.n
+
+
+def as_pair(i):
+    v = tf.cast(tf.reshape(i, [1]), tf.float32)
+    return v, v
+
+
+zero = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+agent = hvdagent.DistributedAgent(zero)
+agent.compile(keras.optimizers.SGD(0.0), loss="mse", metrics=[Count()])
+M = 65
+pipelines = {
+    "elements_map_batch": lambda: hvdagent.shard_dataset(tf.data.Dataset.range(M), shuffle=False)
+    .map(as_pair).batch(4).prefetch(1),
+    "batched_then_map": lambda: hvdagent.shard_dataset(tf.data.Dataset.range(M).map(as_pair), batch_size=4,
+                                                       shuffle=False).map(lambda u, v: (u * 1.0, v)),
+    "shuffled_map_batch": lambda: hvdagent.shard_dataset(tf.data.Dataset.range(M), seed=3).map(as_pair).batch(4),
+}
+for name, make in pipelines.items():
+    h = agent.fit(make(), epochs=2, verbose=0)
+    checks.record(f"resplit_{name}_fit_count", [float(c) for c in h.history["count"]])
+    checks.record(f"resplit_{name}_fit_loss", [float(v) for v in h.history["loss"]])
+    checks.record(f"resplit_{name}_eval", agent.evaluate(make(), return_dict=True, verbose=0))
+checks.record("resplit_expected_loss", float(np.mean(np.arange(M, dtype="float64") ** 2)))
 
 # 8. Bad input: named, on every rank.
 agent, a, b = agent_and_reference()

@@ -47,7 +47,7 @@ def digest(model):
 
 def applied_lr(model):
     """The rate the next update applies (the stored rate times the scale)."""
-    return hvdagent._optimizer.parts_of(model.optimizer).lr.effective_rate(model.optimizer)
+    return hvdagent._sync.parts.parts_of(model.optimizer).lr.effective_rate(model.optimizer)
 
 
 def write_json(name, value):

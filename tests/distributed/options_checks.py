@@ -90,7 +90,7 @@ checks.record("local_sgd_digest", weights_digest(model))
 checks.record("local_sgd_vs_every_step", max_diff(model, every_step))
 model, _ = train(sync_every=4, local_sgd_warmup_epochs=1, epochs=1)
 checks.record("local_sgd_warmup_vs_every_step", max_diff(model, base))  # 1 epoch of every-step sync first
-parts = hvdagent._optimizer.parts_of(model.optimizer)
+parts = hvdagent._sync.parts.parts_of(model.optimizer)
 probe = [tf.Variable(tf.fill([3], float(rank + 1))), tf.Variable(tf.fill([2, 2], 10.0 * (rank + 1)))]
 parts.sync.average_weights(probe)
 checks.record("local_sgd_average", [v.numpy().tolist() for v in probe])
@@ -101,7 +101,7 @@ checks.expect_error("local_sgd_with_accumulation", ValueError, hvdagent.Distribu
 model, history = train(scale_lr=True, warmup_epochs=2, epochs=3, optimizer=keras.optimizers.SGD(0.01))
 def applied_lr(model):
     """The rate the next update applies (the stored rate times the scale)."""
-    return hvdagent._optimizer.parts_of(model.optimizer).lr.effective_rate(model.optimizer)
+    return hvdagent._sync.parts.parts_of(model.optimizer).lr.effective_rate(model.optimizer)
 
 
 checks.record("warmup_final_lr", applied_lr(model))

@@ -87,7 +87,7 @@ class SlowRank0(keras.callbacks.Callback):
             return
         import contextlib
 
-        from hvdagent import _watchdog_pause
+        from hvdagent._watchdog import pause as _watchdog_pause
 
         start = time.monotonic()
         with _watchdog_pause.paused("test") if self.pause else contextlib.nullcontext():
@@ -116,7 +116,7 @@ if mode == "train":
                         callbacks=[Hook(kill, kill_epoch)])
     weights = model.get_weights()
     result = {"lr": float(np.asarray(model.optimizer.learning_rate)),  # the stored (unscaled) rate
-              "applied_lr": hvdagent._optimizer.parts_of(model.optimizer).lr.effective_rate(model.optimizer),
+              "applied_lr": hvdagent._sync.parts.parts_of(model.optimizer).lr.effective_rate(model.optimizer),
               "epochs_run": len(history.history.get("loss", [])),
               "iterations": int(model.optimizer.iterations.numpy())}
     np.savez(os.path.join(out_dir, f"weights-{tag}-rank{rank}.npz"), *weights)

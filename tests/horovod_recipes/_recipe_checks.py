@@ -27,7 +27,7 @@ def history_of(history) -> dict:
 
 def sync_options(optimizer):
     """The gradient-sync options of an hvdagent distributed optimizer (None if it is not one)."""
-    from hvdagent._optimizer import parts_of
+    from hvdagent._sync.parts import parts_of
 
     parts = parts_of(optimizer)
     return None if parts is None else parts.sync.options

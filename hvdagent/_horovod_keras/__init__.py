@@ -1,0 +1,10 @@
+"""``import hvdagent as hvd``: Horovod's Keras (and TF2) API over hvdagent's core.
+
+Owns: Horovod's ops, compressors and argument normalisation (``api``),
+``hvd.DistributedOptimizer`` with Horovod's signature (``optimizer``), the
+eager collectives (``collectives``) and ``hvd.load_model`` (``load``). The
+public ``hvdagent.callbacks`` and ``hvdagent.elastic`` belong to this layer.
+
+May import: every area below it (:mod:`hvdagent._agent`, :mod:`hvdagent._sync`,
+...); nothing below imports it.
+"""

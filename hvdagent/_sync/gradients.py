@@ -1,0 +1,231 @@
+"""Gradient synchronisation: the state of one distributed optimizer's reduction.
+
+:class:`GradientSync` owns the little state gradient sync needs (this rank's
+batch size for the next reduction, accumulators, the time spent reducing)
+and is changed only through its methods. Its options are a frozen
+:class:`~hvdagent._sync.options.SyncOptions`; when local SGD starts and how
+long an epoch is come from the optimizer's
+:class:`~hvdagent._sync.schedule.Schedule`, which the agent sets.
+
+The averaging is weighted by each rank's batch size. With equal batches (the
+normal case) this is exactly Horovod's average. With a short last batch, the
+result equals the gradient one process would compute on the concatenated
+global batch, and a rank that has run out of data (an empty batch) contributes
+nothing: the average is over the samples that exist. The batch size reaches
+the sync through :meth:`GradientSync.record_batch_size`, which the agent's
+training step calls (its only writer); a custom loop that never calls it
+gets Horovod's plain average.
+
+**Local SGD** (``sync_every=N > 1``): after ``local_sgd_start`` updates of
+every-step gradient sync, each rank applies its own gradients and every
+``N``-th update (and at the last update of every epoch) the trainable weights
+are averaged across ranks (Lin et al., 2020, "post-local SGD"). Optimizer
+state stays local.
+
+**Timing**: every reduction is timed inside the traced step (two
+``tf.timestamp`` ops, no Python, no collective); :meth:`GradientSync.timing`
+reads and resets it (:class:`hvdagent.SyncProfiler` uses it).
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from hvdagent import _hvd
+from hvdagent._sync.options import SyncOptions
+
+__all__ = ["GradientSync"]
+
+
+class GradientSync:
+    """The state of gradient synchronisation for one optimizer."""
+
+    def __init__(self, options: SyncOptions, schedule):
+        self.options = options
+        self.schedule = schedule
+        self._count = None
+        self._seconds = None
+        self._calls = None
+        self._accumulators: List = []
+        self._acc_count = None
+        self._passes = None
+
+    # --- state -----------------------------------------------------------------
+    def build(self, variables) -> None:
+        """Create the state variables (once, outside any ``tf.function``)."""
+        import tensorflow as tf
+
+        if self._count is not None:
+            return
+        self.schedule.build()
+        with tf.init_scope():
+            self._count = tf.Variable(1.0, trainable=False, name="hvdagent_local_count")
+            self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="hvdagent_sync_seconds")
+            self._calls = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdagent_sync_calls")
+            if self.options.backward_passes_per_step > 1:
+                self._accumulators = [
+                    tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="hvdagent_acc") for v in variables
+                ]
+                self._acc_count = tf.Variable(0.0, trainable=False, name="hvdagent_acc_count")
+                self._passes = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdagent_passes")
+
+    def record_batch_size(self, n) -> None:
+        """This rank's batch size for the next gradient reduction (the agent's step calls it)."""
+        import tensorflow as tf
+
+        if self._count is not None:
+            self._count.assign(tf.cast(n, tf.float32))
+
+    def timing(self, reset: bool = True) -> Tuple[float, int]:
+        """``(seconds, reductions)`` spent reducing gradients since the last reset (eager)."""
+        if self._seconds is None:
+            return 0.0, 0
+        out = float(self._seconds.numpy()), int(self._calls.numpy())
+        if reset:
+            self._seconds.assign(0.0)
+            self._calls.assign(0)
+        return out
+
+    def _timed(self, tensors, reduce):
+        """``reduce(tensors)``, its duration added to the timing (inside the traced step)."""
+        import tensorflow as tf
+
+        if self._seconds is None:
+            return reduce(tensors)
+        with tf.control_dependencies(list(tensors)):
+            mark = tf.timestamp()
+        out = list(reduce(tensors))
+        with tf.control_dependencies(out):
+            elapsed = tf.timestamp() - mark
+        with tf.control_dependencies([self._seconds.assign_add(elapsed), self._calls.assign_add(1)]):
+            return [tf.identity(t) for t in out]
+
+    # --- reduction ---------------------------------------------------------------
+    def reduce(self, grads: list, count=None) -> list:
+        """Return the globally reduced ``grads`` (same on every rank)."""
+        import tensorflow as tf
+
+        opts = self.options
+        if _hvd.size() == 1:
+            return list(grads)
+        weighted = opts.op == "average"
+        if count is None:
+            count = self._count if self._count is not None else tf.constant(1.0)
+        count = tf.cast(count, tf.float32)
+        pre = 1.0 / opts.gradient_predivide_factor
+
+        dense_idx, dense, sparse_idx, sparse = [], [], [], []
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            if isinstance(g, tf.IndexedSlices) and not opts.sparse_as_dense:
+                sparse_idx.append(i)
+                sparse.append(g)
+                continue
+            g = tf.convert_to_tensor(g)
+            if weighted:
+                g = g * tf.cast(count * pre, g.dtype)
+            dense_idx.append(i)
+            dense.append(g)
+        if weighted:
+            dense.append(tf.reshape(count, [1]))
+        op = "sum" if weighted else opts.op
+        reduced = self._timed(dense, lambda ts: _hvd.allreduce(ts, op=op, compression=opts.compression,
+                                                             name="hvdagent_grads"))
+
+        out = list(grads)
+        if weighted:
+            total = tf.maximum(reduced.pop()[0], 1e-30)
+            post = opts.gradient_predivide_factor / total
+        for i, g in zip(dense_idx, reduced):
+            out[i] = g * tf.cast(post, g.dtype) if weighted else g
+        for k, (i, g) in enumerate(zip(sparse_idx, sparse)):
+            if weighted:
+                g = tf.IndexedSlices(g.values * tf.cast(count, g.values.dtype), g.indices, g.dense_shape)
+            r = _hvd.allreduce_sparse(g, op=op, name=f"hvdagent_sparse_{k}")
+            if weighted:
+                r = tf.IndexedSlices(r.values / tf.cast(total, r.values.dtype), r.indices, r.dense_shape)
+            out[i] = r
+        return out
+
+    def average_weights(self, variables) -> None:
+        """Set ``variables`` to their mean over ranks (local SGD; works eagerly and traced)."""
+        variables = list(variables)
+        if _hvd.size() == 1 or not variables:
+            return
+        import tensorflow as tf
+
+        averaged = _hvd.allreduce([tf.convert_to_tensor(v) for v in variables], op="average", name="hvdagent_local_sgd")
+        for v, a in zip(variables, averaged):
+            v.assign(a)
+
+    # --- apply -----------------------------------------------------------------
+    def apply(self, grads: list, variables: list, apply_fn, step=None) -> None:
+        """Synchronise ``grads`` and call ``apply_fn(grads, variables)``.
+
+        ``step`` is the optimizer's update count before this update (needed
+        for local SGD). With ``backward_passes_per_step > 1`` gradients are
+        accumulated locally (weighted by batch size) and reduced and applied
+        once every that many calls.
+        """
+        import tensorflow as tf
+
+        opts = self.options
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        if opts.sync_every > 1 and _hvd.size() > 1:
+            self._apply_local_sgd(grads, variables, apply_fn, step)
+        elif opts.backward_passes_per_step == 1:
+            apply_fn(self.reduce(grads), variables)
+        else:
+            self._accumulate(grads, variables, apply_fn)
+
+    def _apply_local_sgd(self, grads, variables, apply_fn, step) -> None:
+        import tensorflow as tf
+
+        step = tf.cast(step, tf.int64)
+        start = self.schedule.read("local_sgd_start")
+        local = step >= start
+
+        def every_step():
+            apply_fn(self.reduce(grads), variables)
+            return tf.constant(True)
+
+        def local_step():
+            apply_fn(grads, variables)
+            return tf.constant(True)
+
+        tf.cond(local, local_step, every_step)
+        done = step + 1
+        per_epoch = self.schedule.read("updates_per_epoch")
+        due = tf.logical_and(local, tf.equal((done - start) % self.options.sync_every, 0))
+        epoch_end = tf.logical_and(per_epoch > 0, tf.equal(done % tf.maximum(per_epoch, 1), 0))
+
+        def average():
+            self.average_weights(variables)
+            return tf.constant(True)
+
+        tf.cond(tf.logical_and(local, tf.logical_or(due, epoch_end)), average, lambda: tf.constant(False))
+
+    def _accumulate(self, grads, variables, apply_fn) -> None:
+        import tensorflow as tf
+
+        count = self._count if self._count is not None else tf.constant(1.0)
+        for acc, g in zip(self._accumulators, grads):
+            acc.assign_add(tf.convert_to_tensor(g) * tf.cast(count, acc.dtype))
+        self._acc_count.assign_add(count)
+        self._passes.assign_add(1)
+
+        def sync_and_apply():
+            n = self._acc_count.read_value()
+            summed = [a.read_value() / tf.cast(tf.maximum(n, 1e-30), a.dtype) for a in self._accumulators]
+            apply_fn(self.reduce(summed, count=n), variables)
+            for a in self._accumulators:
+                a.assign(tf.zeros_like(a))
+            self._acc_count.assign(0.0)
+            return tf.constant(True)
+
+        tf.cond(
+            tf.equal(self._passes % self.options.backward_passes_per_step, 0),
+            sync_and_apply,
+            lambda: tf.constant(False),
+        )

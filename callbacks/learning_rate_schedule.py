@@ -15,15 +15,6 @@ def _check_number(name: str, value, minimum: float = 0.0, strict: bool = False) 
     validate.number(name, value, minimum=minimum, exclusive=strict)
 
 
-def _momentum_slots(optimizer) -> list:
-    """The velocity variables of an optimizer with momentum (Keras 3 and tf_keras SGD/RMSprop)."""
-    for attr in ("momentums", "_momentums"):
-        slots = getattr(optimizer, attr, None)
-        if isinstance(slots, (list, tuple)) and slots:
-            return list(slots)
-    return []
-
-
 class LearningRateScheduleCallback(EitherKerasCallback):
     """Set the learning rate to ``initial_lr * multiplier(epoch)`` between two epochs.
 
@@ -146,5 +137,5 @@ class LearningRateScheduleCallback(EitherKerasCallback):
         if self.momentum_correction and old > 0 and getattr(optimizer, "momentum", 0):
             ratio = _compat.get_lr(optimizer) / old
             if ratio != 1.0:
-                for slot in _momentum_slots(optimizer):
+                for slot in _compat.momentum_slots(optimizer):
                     slot.assign(slot * ratio)

@@ -1,4 +1,5 @@
-"""Keras 2 (tf_keras) vs Keras 3: every difference between the two lives here.
+"""Keras 2 (tf_keras) vs Keras 3: every difference between the two, and every
+reach into Keras' private attributes, lives here.
 
 The generation is read off the objects themselves (a model or an optimizer),
 never off a global flag, so a process may hold models of both kinds.
@@ -188,6 +189,45 @@ def synchronized_batchnorm_layers(model) -> list:
     return [layer for layer in model._flatten_layers() if isinstance(layer, bn) and getattr(layer, "synchronized", False)]
 
 
+def is_compiled(model) -> bool:
+    """True once ``model.compile`` ran (Keras 3: ``compiled``; tf_keras: ``_is_compiled``)."""
+    return bool(getattr(model, "compiled", getattr(model, "_is_compiled", False)))
+
+
+def compile_identity(model) -> int:
+    """Changes whenever the model is compiled again (traced steps cached for one compile are stale then)."""
+    return id(getattr(model, "_compile_config", None) or getattr(model, "compiled_loss", None))
+
+
+def batchnorm_reduction_axes(layer) -> list:
+    """The axes a BatchNormalization layer computes its moments over."""
+    return list(layer._reduction_axes)
+
+
+def replace_batchnorm_moments(layer, moments) -> None:
+    """Make a Keras 3 BatchNormalization layer compute its batch moments with ``moments(inputs, mask)``
+    (None: its own again). Keras has no public hook for it; the agent does it only while it trains."""
+    if moments is None:
+        if "_moments" in layer.__dict__:
+            object.__delattr__(layer, "_moments")
+    else:
+        object.__setattr__(layer, "_moments", moments)
+
+
+def optimizer_trainable_variables(optimizer) -> list:
+    """The variables a Keras 3 optimizer was built for (what ``apply`` updates when given none)."""
+    return list(optimizer._trainable_variables)
+
+
+def momentum_slots(optimizer) -> list:
+    """The velocity variables of an optimizer with momentum (Keras 3 and tf_keras SGD/RMSprop)."""
+    for attr in ("momentums", "_momentums"):
+        slots = getattr(optimizer, attr, None)
+        if isinstance(slots, (list, tuple)) and slots:
+            return list(slots)
+    return []
+
+
 def active_generation() -> int:
     """The Keras that ``tf.keras`` means in this process (TF_USE_LEGACY_KERAS=1: Keras 2)."""
     import os
@@ -214,10 +254,6 @@ def writer_callback_classes(gen: int) -> tuple:
 
 def backup_callback_class(gen: int):
     return getattr(keras_module(gen).callbacks, "BackupAndRestore", None)
-
-
-def progbar_class(gen: int):
-    return keras_module(gen).callbacks.ProgbarLogger
 
 
 _HOOKS = (

@@ -90,7 +90,7 @@ class DistributedAgent:
         self._gen = _compat.generation(model)
         self._functions: dict = {}  # compiled step functions, see _steps.distributed
         self._stats = StatisticsSync()
-        if getattr(model, "optimizer", None) is not None and getattr(model, "compiled", getattr(model, "_is_compiled", False)):
+        if getattr(model, "optimizer", None) is not None and _compat.is_compiled(model):
             self._distribute("model.optimizer")
 
     @property

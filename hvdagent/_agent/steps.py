@@ -147,7 +147,7 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
     originals = {name: getattr(model, name) for name in _WRAPPED}
     sync_bn = _compat.synchronized_batchnorm_layers(model)
     for index, layer in enumerate(sync_bn):
-        object.__setattr__(layer, "_moments", types.MethodType(functools.partial(sync_moments, index), layer))
+        _compat.replace_batchnorm_moments(layer, types.MethodType(functools.partial(sync_moments, index), layer))
     wrapped = {
         "train_step": _train_step(model, originals["train_step"], stats),
         "test_step": _test_step(model, originals["test_step"]),
@@ -155,8 +155,7 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
     }
     # Traced functions hold the collectives of the size they were traced at
     # (none with one rank): an elastic job that grows must retrace.
-    key = (id(model.optimizer), id(getattr(model, "_compile_config", None) or getattr(model, "compiled_loss", None)),
-           _hvd.size())
+    key = (id(model.optimizer), _compat.compile_identity(model), _hvd.size())
     for name, fn in wrapped.items():
         object.__setattr__(model, name, types.MethodType(fn, model))
     for name, fn in zip(_FUNCTIONS, cache.get(key, (None,) * len(_FUNCTIONS))):
@@ -170,6 +169,6 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
             if name in model.__dict__:
                 object.__delattr__(model, name)
         for layer in sync_bn:
-            object.__delattr__(layer, "_moments")
+            _compat.replace_batchnorm_moments(layer, None)
         for name in _FUNCTIONS:
             setattr(model, name, None)

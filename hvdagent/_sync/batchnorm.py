@@ -55,7 +55,7 @@ def sync_moments(index, layer, inputs, mask):
     if mask is not None:
         raise ValueError("BatchNormalization(synchronized=True) under hvdagent does not take a mask. "
                          f"Received: a mask for layer {layer.name!r}")
-    axes = list(layer._reduction_axes)
+    axes = _compat.batchnorm_reduction_axes(layer)
     x = tf.cast(inputs, tf.float32)
     name = f"hvdagent_syncbn_{index}"
 

@@ -62,7 +62,7 @@ class Keras3DistributedOptimizer(keras.optimizers.Optimizer):
 
     def apply(self, grads, trainable_variables=None):
         if trainable_variables is None:
-            trainable_variables = self.outer_optimizer()._trainable_variables
+            trainable_variables = _compat.optimizer_trainable_variables(self.outer_optimizer())
         trainable_variables = list(trainable_variables)
         if not self.built:
             self.build(trainable_variables)

@@ -11,7 +11,7 @@ from hvdagent._runtime import validate
 from ._either_keras import EitherKerasCallback
 
 
-def _check_number(name: str, value, minimum: float = 0.0, strict: bool = False) -> None:
+def _check_number(name: str, value, minimum: float = 0, strict: bool = False) -> None:
     validate.number(name, value, minimum=minimum, exclusive=strict)
 
 

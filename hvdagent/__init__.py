@@ -25,6 +25,7 @@ from hvdagent._sync.batchnorm import SyncBatchNormalization  # noqa: E402
 from hvdagent._sync.profiler import SyncProfiler  # noqa: E402
 from hvdagent._watchdog.pause import paused as watchdog_paused  # noqa: E402
 from hvdagent._horovod_keras.optimizer import DistributedOptimizer  # noqa: E402
+from hvdagent._sync import keras3_optimizer as _keras3_optimizer  # noqa: E402,F401 (registered: files naming it load)
 from hvdagent._horovod_keras.api import (  # noqa: E402
     Adasum,
     Average,

@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -283,6 +284,37 @@ def test_load_model_continues_with_a_distributed_optimizer(tmp_path):
         hvd.load_model(tmp_path / "m.keras", custom_optimizers="SGD")
 
 
+def _saved_optimizer(path):
+    """The optimizer class a ``.keras`` file names in its compile config."""
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("config.json"))["compile_config"]["optimizer"]["class_name"]
+
+
+def test_files_saved_on_every_route_name_the_plain_optimizer(tmp_path):
+    """Keras 3 saves the optimizer given to compile: hvd.DistributedOptimizer(opt) must be written as opt
+    wherever hvdagent sees the model (any of its callbacks, KerasState), not only in the broadcast callback."""
+    x, y = np.ones((8, 2), "float32"), np.zeros((8, 1), "float32")
+
+    def compiled():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(hvd.DistributedOptimizer(keras.optimizers.Adam(0.01)), loss="mse")
+        return model
+
+    model = compiled()  # any hvdagent callback, here MetricAverageCallback alone, with Keras' ModelCheckpoint
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[hvd.callbacks.MetricAverageCallback(),
+                                                  keras.callbacks.ModelCheckpoint(str(tmp_path / "cb.keras"))])
+    model = compiled()  # the elastic recipe: KerasState, then plain Keras callbacks only
+    model.fit(x, y, epochs=1, verbose=0)
+    hvd.elastic.KerasState(model, epoch=0)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(str(tmp_path / "state.keras"))])
+    assert [_saved_optimizer(tmp_path / f) for f in ("cb.keras", "state.keras")] == ["Adam", "Adam"]
+    assert type(model.optimizer).__name__ == "Keras3DistributedOptimizer"  # training is unchanged
+    model = compiled()  # no hvdagent object ever saw the model: the file names the wrapper (documented)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "unseen.keras")
+    assert _saved_optimizer(tmp_path / "unseen.keras") == "Keras3DistributedOptimizer"
+
+
 def test_keras_state_commits_and_restores():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(hvd.DistributedOptimizer(keras.optimizers.Adam(0.1)), loss="mse")
@@ -424,3 +456,26 @@ def test_elastic_recipe_grows_from_one_to_two_workers(tmp_path):
     # 1 initialising step + 2 x 24 on one worker + 1 step in the reset callback + 3 x 12 on two
     assert [r["iterations"] for r in results] == [1 + 2 * 24 + 1 + 3 * 12] * 2
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [f"checkpoint-{e}.keras" for e in (1, 2, 3)]
+    # The recipe's checkpoints are plain Keras files: they load where hvdagent is never imported, with the weights
+    # rank 0 had at that epoch. A file written where no hvdagent object saw the model (a custom loop's model.save)
+    # names hvdagent's optimizer: keras.models.load_model reads it once hvdagent is imported.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(hvd.DistributedOptimizer(keras.optimizers.Adam(0.01)), loss="mse")
+    model.train_on_batch(np.ones((4, 2), "float32"), np.zeros((4, 1), "float32"))
+    model.save(tmp_path / "unseen.keras")
+    code = ("import hashlib, sys, keras\n"
+            "m = keras.models.load_model(sys.argv[1])\n"
+            "assert 'hvdagent' not in sys.modules and not any(k.startswith('horovod') for k in sys.modules)\n"
+            "h = hashlib.sha256()\n"
+            "[h.update(memoryview(w).tobytes()) for w in m.get_weights()]\n"
+            "print('plain', type(m.optimizer).__name__, int(m.optimizer.iterations.numpy()), h.hexdigest())\n"
+            "import hvdagent\n"
+            "u = keras.models.load_model(sys.argv[2])\n"
+            "print('unseen', type(u.optimizer).__name__, type(u.optimizer.inner_optimizer).__name__)\n")
+    plain = subprocess.run([sys.executable, "-c", code, str(tmp_path / "checkpoint-3.keras"), str(tmp_path / "unseen.keras")],
+                           capture_output=True, text=True, timeout=180, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    # checkpoint-3 is the last epoch (the second fit counts epochs 1-3 again): the final state
+    last = next(x["digest"] for x in epochs if x["state_epoch"] == 5 and x["rank"] == 0)
+    assert f"plain Adam {1 + 2 * 24 + 1 + 3 * 12} {last}" in plain.stdout
+    assert "unseen Keras3DistributedOptimizer Adam" in plain.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from hvdagent._sync.broadcast import broadcast_model_state
-from hvdagent._sync.optimizer import save_as_plain
 from hvdagent._runtime import validate
 
 from ._either_keras import EitherKerasCallback
@@ -16,9 +15,10 @@ class BroadcastGlobalVariablesCallback(EitherKerasCallback):
     start of ``fit``, after building the optimizer's variables, so ranks that
     initialised their weights differently train identically from the first
     step (Horovod broadcasts after the first batch). It first checks that all
-    ranks hold variables of the same shapes. For a model compiled with
-    ``hvd.DistributedOptimizer(opt)`` it also makes saved files hold ``opt``
-    (they load without hvdagent). ``DistributedAgent.fit`` adds it for you.
+    ranks hold variables of the same shapes. Like every hvdagent callback, it
+    makes the files Keras saves of a model compiled with
+    ``hvd.DistributedOptimizer(opt)`` hold ``opt`` (they load without
+    hvdagent). ``DistributedAgent.fit`` does all of this by itself.
 
     Args:
         root_rank: the rank whose values win (default 0).
@@ -51,5 +51,4 @@ class BroadcastGlobalVariablesCallback(EitherKerasCallback):
         self._local = list(local_variables)
 
     def on_train_begin(self, logs=None):
-        save_as_plain(self.model)
         broadcast_model_state(self.model, self.root_rank, keep=self._local)

@@ -2,7 +2,8 @@
 
 ``import hvdagent as hvd`` also offers Horovod's ``horovod.tensorflow.keras``
 API (``hvd.DistributedOptimizer``, ``hvd.callbacks``, ``hvd.elastic``, ...)
-with Horovod's signatures, on Keras 3 and tf_keras.
+and its TensorFlow 2 custom-loop API (``hvd.DistributedGradientTape``,
+``hvd.broadcast_variables``) with Horovod's signatures, on Keras 3 and tf_keras.
 
 >>> import hvdagent
 >>> hvdagent.init()
@@ -25,6 +26,7 @@ from hvdagent._sync.batchnorm import SyncBatchNormalization  # noqa: E402
 from hvdagent._sync.profiler import SyncProfiler  # noqa: E402
 from hvdagent._watchdog.pause import paused as watchdog_paused  # noqa: E402
 from hvdagent._horovod_keras.optimizer import DistributedOptimizer  # noqa: E402
+from hvdagent._sync import keras3_optimizer as _keras3_optimizer  # noqa: E402,F401 (registered: files naming it load)
 from hvdagent._horovod_keras.api import (  # noqa: E402
     Adasum,
     Average,
@@ -41,6 +43,7 @@ from hvdagent._horovod_keras.api import (  # noqa: E402
     shutdown,
 )
 from hvdagent._horovod_keras.load import load_model  # noqa: E402
+from hvdagent._horovod_keras.tape import DistributedGradientTape, PartialDistributedGradientTape  # noqa: E402
 from hvdagent._horovod_keras.collectives import (  # noqa: E402
     allgather,
     allgather_object,
@@ -97,6 +100,9 @@ __all__ = [
     "broadcast_variables",
     "broadcast_global_variables",
     "load_model",
+    # Horovod's horovod.tensorflow custom-loop names
+    "DistributedGradientTape",
+    "PartialDistributedGradientTape",
     "callbacks",
     "elastic",
 ]

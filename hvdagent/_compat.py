@@ -54,6 +54,16 @@ def is_model(obj: Any) -> bool:
     return False
 
 
+def is_layer(obj: Any) -> bool:
+    """A Keras 3 or tf_keras layer (a model is one too)."""
+    gen = generation(obj)
+    if gen == KERAS3:
+        return isinstance(obj, _keras3().layers.Layer)
+    if gen == KERAS2:
+        return isinstance(obj, _tf_keras().layers.Layer)
+    return False
+
+
 def is_optimizer(obj: Any) -> bool:
     gen = generation(obj)
     if gen == KERAS3:

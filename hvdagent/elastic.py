@@ -30,6 +30,7 @@ from typing import Any, Callable, List
 from hvdagent import _hvd
 from hvdagent.callbacks._either_keras import EitherKerasCallback
 from hvdagent._runtime import validate
+from hvdagent._sync.optimizer import save_as_plain
 
 __all__ = ["KerasState", "CommitStateCallback", "UpdateBatchStateCallback", "UpdateEpochStateCallback", "run"]
 
@@ -70,6 +71,7 @@ class KerasState:
         if optimizer is None:
             raise ValueError("KerasState needs an optimizer: compile the model first or pass optimizer=. Received: optimizer=None")
         self.model, self.optimizer = model, optimizer
+        save_as_plain(model)  # ModelCheckpoint files of the elastic recipe load without hvdagent
         self._attrs = dict(kwargs)
         for key, value in self._attrs.items():
             setattr(self, key, value)

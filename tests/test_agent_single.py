@@ -127,6 +127,35 @@ def test_shard_dataset_on_one_process_batches_everything():
         hvdagent.shard_dataset(tf.data.Dataset.range(4), batch_size=0)
 
 
+def test_seed_alignment_covers_numpy_and_is_validated():
+    """What import hvdagent does under a launcher (here called by hand): TensorFlow's and NumPy's global seeds."""
+    from hvdagent._data.shard import align_random_seeds
+    from hvdagent._data.order import arrays_fingerprint, check_same, fingerprint
+
+    align_random_seeds({"HVDAGENT_SEED": "7"})
+    drawn = (np.random.randint(1e6), float(tf.random.uniform([])))
+    np.random.seed(7)
+    tf.random.set_seed(7)
+    assert drawn == (np.random.randint(1e6), float(tf.random.uniform([])))  # what the dataset helpers draw
+    state = np.random.get_state()[1].copy()
+    align_random_seeds({"HVDAGENT_SEED": "off"})
+    assert (np.random.get_state()[1] == state).all()  # left alone
+    for bad in ("-1", "seven", str(2**32)):
+        with pytest.raises(ValueError, match=f"HVDAGENT_SEED must be an integer in \\[0, 2\\*\\*32\\) or 'off'. Received: HVDAGENT_SEED='{bad}'"):
+            align_random_seeds({"HVDAGENT_SEED": bad})
+    # the fingerprints: targets and non-floating inputs decide (augmented pixels do not); arrays: every array
+    texts = np.array([b"a b", b"c"], dtype=object)
+    assert fingerprint((np.ones((2, 3)), np.array([0, 1]))) == fingerprint((np.zeros((2, 3)), np.array([0, 1])))
+    assert fingerprint((np.ones((2, 3)), np.array([0, 1]))) != fingerprint((np.ones((2, 3)), np.array([1, 0])))
+    assert fingerprint({"t": texts, "v": np.ones(2)}) != fingerprint({"t": texts[::-1], "v": np.ones(2)})
+    assert fingerprint(np.ones((2, 3))) != fingerprint(np.zeros((2, 3)))  # nothing but floats: they count
+    x, y = _data(200)
+    assert arrays_fingerprint((x, y)) == arrays_fingerprint((x.copy(), y))
+    assert arrays_fingerprint((x + 1, y)) != arrays_fingerprint((x, y)) != arrays_fingerprint((x[:199], y[:199]))
+    with pytest.raises(ValueError, match="x differs across ranks: its first batch on rank\\(s\\) \\[2\\]"):
+        check_same(["a", "a", "b"], "x", "dataset")
+
+
 def test_save_writes_a_plain_keras_file_with_the_inner_optimizer(tmp_path):
     x, y = _data()
     agent = hvdagent.DistributedAgent(_model())

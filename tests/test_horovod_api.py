@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -87,6 +88,13 @@ def test_signatures_are_horovods():
     assert [n for n, _ in _params(hvd.load_model)] == ["filepath", "custom_optimizers", "custom_objects", "compression", "legacy_opts"]
     for name in ("KerasState", "CommitStateCallback", "UpdateBatchStateCallback", "UpdateEpochStateCallback", "run"):
         assert name in hvd.elastic.__all__
+    tape_params = [  # horovod.tensorflow's (process_set: None stands for its global process set)
+        ("gradtape", inspect.Parameter.empty), ("device_dense", ""), ("device_sparse", ""),
+        ("compression", hvd.Compression.none), ("sparse_as_dense", False), ("op", hvd.Average),
+        ("gradient_predivide_factor", 1.0), ("num_groups", 0), ("groups", None), ("process_set", None)]
+    assert _params(hvd.DistributedGradientTape) == tape_params + [("scale_local_gradients", True)]
+    assert _params(hvd.PartialDistributedGradientTape) == tape_params + [("local_layers", None),
+                                                                          ("scale_local_gradients", True)]
 
 
 # --- DistributedOptimizer ---------------------------------------------------------------------
@@ -138,6 +146,85 @@ def test_aggregated_gradients_are_averaged_when_asked():
     opt.apply([tf.constant([2.0, 4.0])], [var])
     opt.apply([tf.constant([4.0, 0.0])], [var])
     np.testing.assert_array_equal(var.numpy(), [-3.0, -2.0])
+
+
+# --- DistributedGradientTape (one process: the tape's own gradients; the reduction is tested by the TF2 recipe) ---
+
+
+def test_distributed_gradient_tape_is_the_tape_in_one_process():
+    v, w = tf.Variable([1.0, 2.0]), keras.Variable(3.0)
+    x = tf.constant(4.0)
+
+    def f():
+        return tf.reduce_sum(v * v) * w + x * x
+
+    with tf.GradientTape() as plain:
+        plain.watch(x)
+        y = f()
+    expected = [g.numpy().tolist() for g in plain.gradient(y, [v, w, x])]
+    with hvd.DistributedGradientTape(tf.GradientTape()) as tape:  # entered as a context manager
+        tape.watch(x)  # the wrapped tape's own methods
+        y = f()
+    got = tape.gradient(y, {"v": v, "wx": [w, x]})  # any nested structure of sources
+    assert [got["v"].numpy().tolist(), float(got["wx"][0]), float(got["wx"][1])] == expected
+    assert tape.watched_variables() and not isinstance(tape, tf.GradientTape)
+    # persistent tapes answer twice; unconnected sources give None, or zeros when asked
+    with tf.GradientTape(persistent=True) as t:
+        y = f()
+    t = hvd.DistributedGradientTape(t, op=hvd.Sum, compression=hvd.Compression.fp16)
+    assert float(t.gradient(y, w)) == 5.0 and t.gradient(y, [tf.Variable(1.0)]) == [None]
+    assert float(t.gradient(y, [tf.Variable(1.0)], unconnected_gradients="zero")[0]) == 0.0
+    # local sources: not reduced, divided by the number of ranks (1 here); split by get_local_and_global_gradients
+    with tf.GradientTape() as t:
+        y = f()
+    t = hvd.DistributedGradientTape(t)
+    t.register_local_source(w)
+    local, shared = t.get_local_and_global_gradients(y, [v, w])
+    assert [s is w for s, _ in local] == [True] and [s is v for s, _ in shared] == [True]
+    assert float(local[0][1]) == 5.0
+
+    @tf.function
+    def traced():
+        with tf.GradientTape() as t:
+            y = tf.reduce_sum(v * v) * w
+        return hvd.DistributedGradientTape(t).gradient(y, [v])
+
+    assert traced()[0].numpy().tolist() == [6.0, 12.0]
+
+
+def test_partial_tape_marks_the_local_layers_on_either_keras():
+    import tf_keras
+
+    for layers in (keras.layers, tf_keras.layers):
+        shared, head = layers.Dense(2), layers.Dense(1)
+        x = tf.ones((3, 4))
+        with tf.GradientTape() as tape:
+            y = tf.reduce_sum(head(shared(x)))
+        tape = hvd.PartialDistributedGradientTape(tape, local_layers=head)
+        local, others = tape.get_local_and_global_gradients(y, shared.trainable_weights + head.trainable_weights)
+        assert {id(s) for s, _ in local} == {id(v) for v in head.trainable_weights}
+        assert {id(s) for s, _ in others} == {id(v) for v in shared.trainable_weights}
+    with tf.GradientTape() as tape:
+        tf.reduce_sum(head(tf.ones((1, 2))))
+    assert not hvd.PartialDistributedGradientTape(tape)._local  # no local layers: DistributedGradientTape
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda t: hvd.DistributedGradientTape("tape"), TypeError, "gradtape must be a tf.GradientTape. Received: gradtape='tape'"),
+    (lambda t: hvd.DistributedGradientTape(hvd.DistributedGradientTape(t)), ValueError,
+     "already an hvdagent.DistributedGradientTape.*Received: gradtape=<DistributedTape of GradientTape>"),
+    (lambda t: hvd.DistributedGradientTape(t, device_dense="/gpu:0"), ValueError, "Received: device_dense='/gpu:0'"),
+    (lambda t: hvd.DistributedGradientTape(t, groups=2), ValueError, "Received: groups=2"),
+    (lambda t: hvd.DistributedGradientTape(t, op="max"), ValueError, "Received: op='max'"),
+    (lambda t: hvd.DistributedGradientTape(t, op=hvd.Sum, gradient_predivide_factor=2.0), ValueError,
+     "only applies to op='average'"),
+    (lambda t: hvd.DistributedGradientTape(t, scale_local_gradients=1), TypeError, "Received: scale_local_gradients=1"),
+    (lambda t: hvd.PartialDistributedGradientTape(t, local_layers=["dense"]), TypeError,
+     "local_layers must be a Keras layer or a list of Keras layers.*Received: local_layers=\\['dense'\\]"),
+])
+def test_tape_arguments_are_checked(call, error, message):
+    with pytest.raises(error, match=message):
+        call(tf.GradientTape())
 
 
 # --- learning-rate callbacks -----------------------------------------------------------------
@@ -283,6 +370,37 @@ def test_load_model_continues_with_a_distributed_optimizer(tmp_path):
         hvd.load_model(tmp_path / "m.keras", custom_optimizers="SGD")
 
 
+def _saved_optimizer(path):
+    """The optimizer class a ``.keras`` file names in its compile config."""
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("config.json"))["compile_config"]["optimizer"]["class_name"]
+
+
+def test_files_saved_on_every_route_name_the_plain_optimizer(tmp_path):
+    """Keras 3 saves the optimizer given to compile: hvd.DistributedOptimizer(opt) must be written as opt
+    wherever hvdagent sees the model (any of its callbacks, KerasState), not only in the broadcast callback."""
+    x, y = np.ones((8, 2), "float32"), np.zeros((8, 1), "float32")
+
+    def compiled():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(hvd.DistributedOptimizer(keras.optimizers.Adam(0.01)), loss="mse")
+        return model
+
+    model = compiled()  # any hvdagent callback, here MetricAverageCallback alone, with Keras' ModelCheckpoint
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[hvd.callbacks.MetricAverageCallback(),
+                                                  keras.callbacks.ModelCheckpoint(str(tmp_path / "cb.keras"))])
+    model = compiled()  # the elastic recipe: KerasState, then plain Keras callbacks only
+    model.fit(x, y, epochs=1, verbose=0)
+    hvd.elastic.KerasState(model, epoch=0)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(str(tmp_path / "state.keras"))])
+    assert [_saved_optimizer(tmp_path / f) for f in ("cb.keras", "state.keras")] == ["Adam", "Adam"]
+    assert type(model.optimizer).__name__ == "Keras3DistributedOptimizer"  # training is unchanged
+    model = compiled()  # no hvdagent object ever saw the model: the file names the wrapper (documented)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "unseen.keras")
+    assert _saved_optimizer(tmp_path / "unseen.keras") == "Keras3DistributedOptimizer"
+
+
 def test_keras_state_commits_and_restores():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(hvd.DistributedOptimizer(keras.optimizers.Adam(0.1)), loss="mse")
@@ -351,6 +469,32 @@ def test_mnist_recipe(tmp_path, legacy):
     # hvd.load_model on every rank: same weights, distributed optimizer, state kept, training goes on identically
     assert r0["loaded_same"] and r0["loaded_distributed"].endswith(":True") and r0["loaded_iterations"] == 96
     assert r0["after_load_weights"] == r1["after_load_weights"] and r0["after_load_loss"] == r1["after_load_loss"]
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("legacy", [False, True], ids=["keras3", "tf_keras"])
+def test_tf2_custom_loop_recipe_averages_gradients_across_ranks(tmp_path, legacy):
+    """Horovod's TF2 MNIST custom loop (DistributedGradientTape, broadcast_variables after the first step)."""
+    proc = run_horovod(RECIPES / "tensorflow2_mnist.py", timeout=360, cwd=tmp_path,
+                       env={"HVDAGENT_RECIPE_OUT": str(tmp_path), "TF_USE_LEGACY_KERAS": "1" if legacy else "0"})
+    r0, r1 = _results(tmp_path, "tf2-mnist")
+    assert r0["keras"] == ("tf_keras" if legacy else "keras")  # tf.keras is the Keras asked for
+    assert r0["size"] == 2 and r0["iterations"] == r1["iterations"] == 60
+    # replicas identical to the bit, optimizer state too (the ranks' dropout differs: only the reduction keeps them equal)
+    assert r0["weights"] == r1["weights"] and r0["opt_state"] == r1["opt_state"]
+    for r in (r0, r1):
+        assert np.mean(r["losses"][-10:]) < 0.6 * np.mean(r["losses"][:10])  # it learns
+        c = r["checks"]
+        assert c["local_vs_mean"] > 1e-3  # the ranks' own gradients differ, so the checks below mean something
+        # the mean (and the sum) of every rank's gradients, to the bit; traced in a tf.function too
+        assert [c[k] for k in ("average", "average_traced", "sum", "predivide")] == [0.0] * 4
+        assert c["fp16"] < 1e-3  # float16 on the wire
+        # PartialDistributedGradientTape: shared layers averaged; the local layer this rank's own, / size by default
+        assert [c[k] for k in ("partial_shared", "partial_local", "partial_unscaled")] == [0.0] * 3
+        assert c["sparse"] < 1e-6 and c["sparse_as_dense"] < 1e-6 and c["sparse_as_dense_type"] == "EagerTensor"
+    assert r0["first_labels"] == r1["first_labels"]  # the unseeded shuffle's order is the same on every rank
+    assert r0["files"] == ["checkpoint", "checkpoints-1.data-00000-of-00001", "checkpoints-1.index"]  # rank 0 wrote
+    assert proc.stdout.count("Step #") == proc.stdout.count("[0]<stdout>:Step #") == 6  # 0, 10, ..., 50: rank 0 only
 
 
 @pytest.mark.timeout(500)
@@ -424,3 +568,26 @@ def test_elastic_recipe_grows_from_one_to_two_workers(tmp_path):
     # 1 initialising step + 2 x 24 on one worker + 1 step in the reset callback + 3 x 12 on two
     assert [r["iterations"] for r in results] == [1 + 2 * 24 + 1 + 3 * 12] * 2
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [f"checkpoint-{e}.keras" for e in (1, 2, 3)]
+    # The recipe's checkpoints are plain Keras files: they load where hvdagent is never imported, with the weights
+    # rank 0 had at that epoch. A file written where no hvdagent object saw the model (a custom loop's model.save)
+    # names hvdagent's optimizer: keras.models.load_model reads it once hvdagent is imported.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(hvd.DistributedOptimizer(keras.optimizers.Adam(0.01)), loss="mse")
+    model.train_on_batch(np.ones((4, 2), "float32"), np.zeros((4, 1), "float32"))
+    model.save(tmp_path / "unseen.keras")
+    code = ("import hashlib, sys, keras\n"
+            "m = keras.models.load_model(sys.argv[1])\n"
+            "assert 'hvdagent' not in sys.modules and not any(k.startswith('horovod') for k in sys.modules)\n"
+            "h = hashlib.sha256()\n"
+            "[h.update(memoryview(w).tobytes()) for w in m.get_weights()]\n"
+            "print('plain', type(m.optimizer).__name__, int(m.optimizer.iterations.numpy()), h.hexdigest())\n"
+            "import hvdagent\n"
+            "u = keras.models.load_model(sys.argv[2])\n"
+            "print('unseen', type(u.optimizer).__name__, type(u.optimizer.inner_optimizer).__name__)\n")
+    plain = subprocess.run([sys.executable, "-c", code, str(tmp_path / "checkpoint-3.keras"), str(tmp_path / "unseen.keras")],
+                           capture_output=True, text=True, timeout=180, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    # checkpoint-3 is the last epoch (the second fit counts epochs 1-3 again): the final state
+    last = next(x["digest"] for x in epochs if x["state_epoch"] == 5 and x["rank"] == 0)
+    assert f"plain Adam {1 + 2 * 24 + 1 + 3 * 12} {last}" in plain.stdout
+    assert "unseen Keras3DistributedOptimizer Adam" in plain.stdout

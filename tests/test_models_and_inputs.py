@@ -173,6 +173,42 @@ def test_a_split_dataset_transformed_afterwards_is_never_split_again(inputs):
             assert r[f"resplit_{name}_eval"]["loss"] == pytest.approx(expected, rel=1e-6), name
 
 
+def test_directory_datasets_with_default_shuffling_are_partitions_and_evaluate_is_exact(inputs):
+    """keras.utils.text_/image_dataset_from_directory(shuffle=True, seed=None) draw their seed from NumPy's
+    global generator: import hvdagent seeds it alike on every rank, so the split by batch is a partition."""
+    r0, r1 = inputs
+    mine, theirs = (set(r0["textdir_seen"][rank]) for rank in (0, 1))
+    assert not mine & theirs and mine | theirs == {f"doc{i}" for i in range(100)}  # each file exactly once
+    assert r0["textdir_digest"] == r1["textdir_digest"]
+    for r in inputs:
+        assert r["textdir_eval"] == pytest.approx(r0["textdir_eval_single"], abs=1e-6)
+        assert r["textdir_eval"]["accuracy"] > 0.9  # it learned: the words decide the class
+        assert r["imagedir_eval"] == pytest.approx(r0["imagedir_eval_single"], rel=1e-6)
+        # random augmentation in the pipeline (different pixels on every rank, Keras 3) does not trip the check
+        assert r["augmented_fit_loss"][0] > 0 and (r["augmented_pixels_differ"] or not r["keras3"])
+
+
+def test_ranks_that_see_different_data_are_refused_naming_the_fix(inputs):
+    first_batch = "differs across ranks: its first batch on rank(s) [1] is not rank 0's"
+    for r in inputs:
+        for name in ("order_fit", "order_evaluate", "order_validation", "order_predict", "order_user_split",
+                     "order_arrays", "order_predict_arrays", "order_generator"):
+            assert r[name]["raised"] == "ValueError", (name, r[name]["message"][-2000:])
+        for name in ("order_fit", "order_evaluate", "order_user_split"):
+            message = r[name]["message"]
+            assert message.startswith("x " + first_batch) and "splits a batched dataset by batch position" in message
+            assert "seed its shuffles" in message and "pass shard=False" in message and "Received: fingerprints" in message
+        assert r["order_validation"]["message"].startswith("validation_data " + first_batch)
+        assert r["order_predict"]["message"].startswith("x " + first_batch)
+        assert "call model.predict on each rank" in r["order_predict"]["message"]
+        for name in ("order_arrays", "order_predict_arrays"):
+            assert "x differs across ranks: their length or sampled rows on rank(s) [1]" in r[name]["message"]
+            assert "train_test_split(..., random_state=0)" in r[name]["message"]
+        assert "splits a generator's stream by position" in r["order_generator"]["message"]
+        assert r["order_untouched"] == 0  # refused before the first step
+        assert r["order_user_split_shard_false"] == 8  # what the message says works: each rank's own half
+
+
 def test_bad_inputs_are_named(inputs):
     for r in inputs:
         assert r["generator_without_steps"]["raised"] == "ValueError"

@@ -40,6 +40,8 @@ def test_public_api_is_small_and_explicit():
         "mpi_enabled", "gloo_enabled", "Compression", "Average", "Sum", "Adasum", "allreduce", "allgather",
         "broadcast", "broadcast_object", "allgather_object", "broadcast_variables", "broadcast_global_variables",
         "load_model", "callbacks", "elastic",
+        # Horovod's horovod.tensorflow custom-loop names
+        "DistributedGradientTape", "PartialDistributedGradientTape",
     ])
     for name in hvdagent.__all__:
         assert getattr(hvdagent, name) is not None

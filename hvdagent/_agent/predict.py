@@ -3,8 +3,9 @@
 Arrays are split strided by sample (rank ``r`` predicts samples ``r, r+size,
 ...``); a ``tf.data.Dataset`` or ``PyDataset`` is split by batch (rank ``r``
 predicts batches ``r, r+size, ...``, in the order every rank iterates, see
-:func:`hvdagent._data.shard.align_random_seeds`). The outputs are gathered and put
-back in the original order on every rank.
+:func:`hvdagent._data.shard.align_random_seeds`; checked by
+:mod:`hvdagent._data.order`). The outputs are gathered and put back in the
+original order on every rank.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import numpy as np
 from hvdagent import _hvd
 from hvdagent._data import arrays as _arrays
 from hvdagent._data import inputs as _inputs
+from hvdagent._data import order as _order
 
 __all__ = ["predict"]
+
+_PER_RANK = "call model.predict on each rank (agent.predict splits its input)"
 
 
 def predict(model, x: Any, batch_size=None, verbose=0, steps=None, **kwargs):
@@ -29,12 +33,18 @@ def predict(model, x: Any, batch_size=None, verbose=0, steps=None, **kwargs):
         local = None
         if _arrays.num_samples(part) > 0:
             local = model.predict(part, batch_size=batch_size, verbose=verbose, **kwargs)
-        return _arrays.interleave(_hvd.allgather_object(local, name="hvdagent_predict"), n)
+        mark = _order.arrays_fingerprint(x, n) if size > 1 else None
+        gathered = _hvd.allgather_object((local, mark), name="hvdagent_predict")
+        _order.check_same([g[1] for g in gathered], "x", "arrays", per_rank_fix=_PER_RANK)
+        return _arrays.interleave([g[0] for g in gathered], n)
     if batch_size is not None:
         raise ValueError(f"batch_size must be None when x is a {kind} (it is batched already). "
                          f"Received: batch_size={batch_size!r}")
+    mark = _order.first_batch_fingerprint(x) if kind == "dataset" and size > 1 else None
     outputs = [_predict_batch(model, b) for b in _my_batches(x, kind, size, rank, steps)]
-    gathered = _hvd.allgather_object(outputs, name="hvdagent_predict_batches")
+    gathered = _hvd.allgather_object((outputs, mark), name="hvdagent_predict_batches")
+    _order.check_same([g[1] for g in gathered], "x", "dataset", per_rank_fix=_PER_RANK)
+    gathered = [g[0] for g in gathered]
     ordered: List[Any] = []
     for i in range(max((len(g) for g in gathered), default=0)):
         ordered += [g[i] for g in gathered if i < len(g)]

@@ -21,6 +21,11 @@ Python generator           by position in the stream (``r, r+size, ...``):
 Horovod's recipe: ``len(x) // batch_size // size``). With ``shard=False``
 every rank uses its input as is (it must differ per rank). Ranks with fewer
 batches get empty ones appended, so all run the same number of steps.
+
+Before a split, every rank's view of a numpy input, a finite dataset or a
+generator is compared (:mod:`hvdagent._data.order`): ranks that hold
+different data, or iterate it in different orders, are an error naming the
+fix, not a silently broken partition.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 
 from hvdagent import _hvd
 from hvdagent._data import arrays as _arrays
+from hvdagent._data import order as _order
 from hvdagent._data import shard as _data
 from hvdagent._runtime import validate as _validate
 from hvdagent._runtime.log import get_logger
@@ -80,8 +86,11 @@ def _pack(x, y=None, sample_weight=None):
 
 def prepare(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: Optional[int] = None,
             steps: Optional[int] = None, shuffle: bool = False, seed: int = 0, shard: bool = True,
-            first_epoch: int = 0, skip: int = 0):
-    """This rank's dataset (with a known number of steps) for ``fit`` or ``evaluate``."""
+            first_epoch: int = 0, skip: int = 0, what: str = "x"):
+    """This rank's dataset (with a known number of steps) for ``fit`` or ``evaluate``.
+
+    ``what`` names the input in errors (``"x"``, ``"validation_data"``).
+    """
     kind = kind_of(x)
     _validate.optional(_validate.integer, "steps_per_epoch", steps, minimum=1)
     if kind != "arrays" and (y is not None or sample_weight is not None):
@@ -91,19 +100,21 @@ def prepare(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: Opt
         if batch_size is not None:
             raise ValueError("batch_size must be None when x is a tf.data.Dataset (batch the dataset, or use "
                              f"hvdagent.shard_dataset). Received: batch_size={batch_size!r}")
-        return _from_dataset(x, steps, shard)
+        return _from_dataset(x, steps, shard, what)
     if kind == "pydataset":
         return _from_pydataset(x, steps, shard)
     if kind == "generator":
-        return _from_generator(x, steps, shard)
+        return _from_generator(x, steps, shard, what)
     data = _pack(x, y, sample_weight)
     batch_size = 32 if batch_size is None else batch_size
     if not shard:
         return _local_arrays(data, batch_size, shuffle, seed)
+    if _hvd.size() > 1:
+        _order.check_same(_hvd.allgather_object(_order.arrays_fingerprint(data)), what, "arrays")
     return _arrays.array_dataset(data, batch_size, shuffle=shuffle, seed=seed, first_epoch=first_epoch, skip=skip)
 
 
-def _from_dataset(ds, steps, shard):
+def _from_dataset(ds, steps, shard, what):
     tf = _tf()
     if _data.steps_of(ds) is not None:
         return ds  # prepared by hvdagent as it is (shard_dataset(..., batch_size=...))
@@ -117,7 +128,7 @@ def _from_dataset(ds, steps, shard):
         if shard and size > 1:
             ds = ds.shard(size, rank)
         return _data.with_steps(ds, steps, padded=facts.padded if facts else 0)
-    return _data.shard_batched(ds, shard=shard, padded_before=facts.padded if facts else 0)
+    return _data.shard_batched(ds, shard=shard, padded_before=facts.padded if facts else 0, what=what)
 
 
 def _spec_of(batch):
@@ -163,7 +174,7 @@ def _from_pydataset(data, steps, shard):
     return _from_batches(epoch, data[mine[0] if mine else 0], len(mine), total)
 
 
-def _from_generator(gen, steps, shard):
+def _from_generator(gen, steps, shard, what):
     if steps is None:
         raise ValueError("a Python generator has no length; pass steps_per_epoch= (this rank's steps per "
                          "epoch). Received: steps_per_epoch=None")
@@ -172,6 +183,7 @@ def _from_generator(gen, steps, shard):
     first = next(iterator)
     stream = itertools.chain([first], iterator)
     if shard and size > 1:
+        _order.check_same(_hvd.allgather_object(_order.fingerprint(first)), what, "generator")
         log.warning("a Python generator is split by position in its stream: rank r trains on batches r, r+%d, ... "
                     "of its own generator, so every rank must produce the same stream (pass shard=False if each "
                     "rank's generator already yields its own data)", size)
@@ -218,9 +230,9 @@ def split_validation(x, y, sample_weight, validation_split):
 def validation(validation_data, batch_size, steps):
     """``validation_data`` in any form Keras accepts, as this rank's dataset."""
     if kind_of(validation_data) != "arrays":
-        return prepare(validation_data, steps=steps)
+        return prepare(validation_data, steps=steps, what="validation_data")
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError("validation_data must be (x, y), (x, y, sample_weight), a tf.data.Dataset, a PyDataset "
                          f"or a generator. Received: validation_data of type {type(validation_data).__name__}")
     vx, vy, vw = (tuple(validation_data) + (None,))[:3]
-    return prepare(vx, vy, vw, batch_size=batch_size, steps=steps)
+    return prepare(vx, vy, vw, batch_size=batch_size, steps=steps, what="validation_data")

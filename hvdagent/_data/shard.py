@@ -36,6 +36,7 @@ from typing import Any, Optional
 import numpy as np
 
 from hvdagent import _hvd
+from hvdagent._data import order
 from hvdagent._runtime import validate as _validate
 
 __all__ = ["shard_dataset", "SplitFacts", "split_facts", "steps_of", "padded_steps"]
@@ -96,17 +97,23 @@ def _tf():
 
 
 def align_random_seeds(environ=None) -> None:
-    """Make unseeded ``tf.data`` shuffles iterate in the same order on every rank.
+    """Make unseeded shuffles iterate in the same order on every rank.
 
     A batched dataset is split across ranks by batch index, which is a
     partition only if every rank sees the batches in the same order. An
     unseeded ``dataset.shuffle(...)`` draws its seed from TensorFlow's global
-    seed; setting that seed identically on every rank (as ``tf.data``'s own
-    auto-sharding expects) makes every rank's pipeline, built by the same
-    script, iterate identically. Called when ``hvdagent`` is imported in a
-    launched process, so it precedes the user's pipelines. The seed is
-    ``HVDAGENT_SEED`` (default 0); ``HVDAGENT_SEED=off`` leaves TensorFlow's
-    global seed alone.
+    seed; Keras' ``text_dataset_from_directory``,
+    ``image_dataset_from_directory``, ``audio_dataset_from_directory`` and
+    ``timeseries_dataset_from_array`` with ``seed=None`` draw theirs from
+    NumPy's global generator (as do scikit-learn's ``train_test_split`` and
+    ``shuffle`` with ``random_state=None``). Seeding both identically on every
+    rank (as ``tf.data``'s own auto-sharding expects) makes every rank's
+    pipeline, built by the same script, iterate identically. Called when
+    ``hvdagent`` is imported in a launched process, so it precedes the user's
+    pipelines. The seed is ``HVDAGENT_SEED`` (default 0); ``HVDAGENT_SEED=off``
+    leaves both generators alone. Python's ``random`` is left alone (Keras 3
+    seeds dropout and random layers from it: they stay different per rank).
+    What this cannot align is caught when ``fit`` starts (:mod:`hvdagent._data.order`).
     """
     import os
 
@@ -114,9 +121,13 @@ def align_random_seeds(environ=None) -> None:
     value = environ.get("HVDAGENT_SEED", "0")
     if value.lower() == "off":
         return
+    seed = int(value) if value.strip().isdigit() else -1
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"HVDAGENT_SEED must be an integer in [0, 2**32) or 'off'. Received: HVDAGENT_SEED={value!r}")
     import tensorflow as tf
 
-    tf.random.set_seed(int(value))
+    tf.random.set_seed(seed)
+    np.random.seed(seed)
 
 
 def shard_dataset(
@@ -242,14 +253,22 @@ def padded_steps(ds) -> int:
     return 0 if facts is None else facts.padded
 
 
-def shard_batched(ds, shard: bool = True, padded_before: int = 0):
+def shard_batched(ds, shard: bool = True, padded_before: int = 0, what: str = "x"):
     """Split an already batched dataset by batches and equalise step counts.
 
-    ``shard=False``: the dataset is this rank's already (only the step counts
-    are equalised); ``padded_before``: empty batches it already holds.
+    The split is checked first: every rank must iterate ``ds`` in the same
+    order (its first batch's fingerprint travels with the batch counts, see
+    :mod:`hvdagent._data.order`). ``shard=False``: the dataset is this rank's
+    already (only the step counts are equalised); ``padded_before``: empty
+    batches it already holds; ``what``: the input's name, for the error.
     """
     size, rank = _hvd.size(), _hvd.rank()
-    if shard and size > 1:
+    split = shard and size > 1
+    mark = order.first_batch_fingerprint(ds) if split else None
+    if split:
         ds = ds.shard(size, rank)
-    counts = _hvd.allgather_object(count_batches(ds))
+    gathered = _hvd.allgather_object((count_batches(ds), mark))
+    if split:
+        order.check_same([g[1] for g in gathered], what, "dataset")
+    counts = [g[0] for g in gathered]
     return equalize(ds, counts[rank], max(counts), padded_before=padded_before)

@@ -170,6 +170,33 @@ def optimizer_options(
     """
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a string or None. Received: name={name!r}")
+    validate.boolean("average_aggregated_gradients", average_aggregated_gradients)
+    passes_given = isinstance(backward_passes_per_step, int) and not isinstance(backward_passes_per_step, bool)
+    if passes_given and backward_passes_per_step > 1 and not average_aggregated_gradients:
+        raise ValueError(
+            "backward_passes_per_step > 1 needs average_aggregated_gradients=True: hvdagent applies the mean of "
+            "the accumulated gradients (Horovod's default False applies their sum; with plain SGD that is the "
+            "mean at a learning rate backward_passes_per_step times larger). "
+            f"Received: backward_passes_per_step={backward_passes_per_step!r}, average_aggregated_gradients=False"
+        )
+    return {
+        "name": name,
+        "backward_passes_per_step": backward_passes_per_step,
+        **reduction_options(device_dense=device_dense, device_sparse=device_sparse, compression=compression,
+                            sparse_as_dense=sparse_as_dense, gradient_predivide_factor=gradient_predivide_factor,
+                            op=op, num_groups=num_groups, groups=groups, process_set=process_set,
+                            scale_local_gradients=scale_local_gradients),
+    }
+
+
+def reduction_options(*, device_dense, device_sparse, compression, sparse_as_dense, gradient_predivide_factor, op,
+                      num_groups, groups, process_set, scale_local_gradients) -> dict:
+    """Check the reduction arguments ``DistributedOptimizer`` and ``DistributedGradientTape`` share.
+
+    Returns ``op``, ``compression``, ``sparse_as_dense`` and
+    ``gradient_predivide_factor`` in hvdagent's form (the keyword arguments
+    of :class:`~hvdagent._sync.options.SyncOptions`).
+    """
     for arg, value in (("device_dense", device_dense), ("device_sparse", device_sparse)):
         if value not in ("", None):
             raise ValueError(
@@ -190,20 +217,9 @@ def optimizer_options(
             f"Received: process_set={process_set!r}"
         )
     validate.boolean("scale_local_gradients", scale_local_gradients)
-    validate.boolean("average_aggregated_gradients", average_aggregated_gradients)
-    passes_given = isinstance(backward_passes_per_step, int) and not isinstance(backward_passes_per_step, bool)
-    if passes_given and backward_passes_per_step > 1 and not average_aggregated_gradients:
-        raise ValueError(
-            "backward_passes_per_step > 1 needs average_aggregated_gradients=True: hvdagent applies the mean of "
-            "the accumulated gradients (Horovod's default False applies their sum; with plain SGD that is the "
-            "mean at a learning rate backward_passes_per_step times larger). "
-            f"Received: backward_passes_per_step={backward_passes_per_step!r}, average_aggregated_gradients=False"
-        )
     return {
-        "name": name,
         "op": op_name(op),
         "compression": compression_name(compression),
-        "backward_passes_per_step": backward_passes_per_step,
         "sparse_as_dense": sparse_as_dense,
         "gradient_predivide_factor": gradient_predivide_factor,
     }

@@ -51,6 +51,12 @@ def save_as_plain(model) -> None:
     the wrapped optimizer makes every file ``ModelCheckpoint`` or ``model.save``
     writes a plain Keras file that loads without hvdagent (the wrapper already
     saves exactly the wrapped optimizer's variables). Training is unchanged.
+
+    Keras offers no hook at ``compile`` nor a way for an optimizer to choose
+    the class name it is saved under, so this runs wherever hvdagent first
+    meets a model the user compiled: every hvdagent callback when ``fit``
+    starts (``set_model``), ``hvd.elastic.KerasState``, and the agent. The
+    agent and ``hvd.load_model`` compile with the plain optimizer themselves.
     """
     opt = getattr(model, "optimizer", None)
     if is_distributed(opt) and hasattr(opt, "outer_optimizer"):

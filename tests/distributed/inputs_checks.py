@@ -187,5 +187,105 @@ checks.expect_error("infinite_without_steps", ValueError, agent.fit,
 checks.expect_error("split_with_dataset", ValueError, agent.fit,
                     tf.data.Dataset.from_tensor_slices((x, y)).batch(B), validation_split=0.2, verbose=0)
 checks.expect_error("y_with_dataset", ValueError, agent.fit, tf.data.Dataset.from_tensor_slices((x, y)).batch(B), y)
+# 9. Data order. keras.utils.*_dataset_from_directory with the default shuffle=True, seed=None draw their seed from
+# NumPy's global generator, which `import hvdagent` seeds alike on every rank: a partition, exact evaluate.
+import random  # noqa: E402
+import time  # noqa: E402
+
+from hvdagent._data import order  # noqa: E402
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot"]
+text_root = checks.out / "texts"
+if rank == 0:
+    words_rng = np.random.default_rng(5)
+    for i in range(100):
+        label = i % 2
+        folder = text_root / ("pos" if label else "neg")
+        folder.mkdir(parents=True, exist_ok=True)
+        pool = WORDS[:3] if label else WORDS[3:6]
+        (folder / f"{i}.txt").write_text(" ".join(words_rng.choice(pool + WORDS[6:], size=6)) + f" doc{i}")
+_hvd.barrier()  # rank 0 wrote the files
+
+
+def featurize(text, label):
+    tokens = tf.strings.split(text)
+    counts = [tf.reduce_sum(tf.cast(tf.equal(tokens, w), tf.float32), axis=-1) for w in WORDS[:6]]
+    return tf.stack(counts, axis=-1), label
+
+
+texts = keras.utils.text_dataset_from_directory(str(text_root), batch_size=8)  # 13 batches: uneven at 2 ranks
+mine = _inputs.prepare(texts)
+seen = sorted(t.decode().split()[-1] for b in mine for t in b[0].numpy())
+checks.record("textdir_seen", _hvd.allgather_object(seen))
+keras.utils.set_random_seed(4)
+text_model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2, activation="softmax")])
+agent = hvdagent.DistributedAgent(text_model)
+agent.compile(keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+features = texts.map(featurize)
+agent.fit(features, epochs=3, validation_data=features, verbose=0)
+checks.record("textdir_eval", agent.evaluate(features, return_dict=True, verbose=0))
+all_x, all_y = (np.concatenate(parts) for parts in zip(*[(f.numpy(), y.numpy()) for f, y in features]))
+checks.record("textdir_eval_single", text_model.evaluate(all_x, all_y, batch_size=8, return_dict=True, verbose=0))
+checks.record("textdir_digest", weights_digest(text_model))
+
+# Random augmentation inside the pipeline (Keras' random layers, seeded per process): the same order on every
+# rank but different pixels; the check compares labels, so it does not fire.
+image_root = checks.out / "images"
+if rank == 0:
+    pixels = np.random.default_rng(6)
+    for i in range(40):
+        folder = image_root / "abc"[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png((pixels.uniform(size=(8, 8, 3)) * 255).astype("uint8")))
+_hvd.barrier()
+images = keras.utils.image_dataset_from_directory(str(image_root), batch_size=8, image_size=(8, 8))
+random.seed(rank)  # Keras 3's random layers draw their seeds from Python's generator,
+tf.random.set_seed(rank)  # tf_keras' from TensorFlow's: each rank its own augmentation (as without set_random_seed)
+flip = keras.Sequential([keras.layers.RandomFlip("horizontal_and_vertical"), keras.layers.RandomRotation(0.2)])
+augmented = images.map(lambda u, v: (flip(u, training=True), v))
+first_pixels = next(iter(augmented))[0].numpy()
+checks.record("augmented_pixels_differ", len(set(_hvd.allgather_object(first_pixels.tobytes()))) > 1)
+checks.record("keras3", not LEGACY)
+keras.utils.set_random_seed(5)
+image_model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+agent = hvdagent.DistributedAgent(image_model)
+agent.compile("adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+start = time.perf_counter()
+history = agent.fit(augmented, epochs=1, verbose=0)
+checks.record("augmented_fit_seconds", time.perf_counter() - start)
+checks.record("augmented_fit_loss", [float(v) for v in history.history["loss"]])
+checks.record("imagedir_eval", agent.evaluate(images, return_dict=True, verbose=0))
+all_x, all_y = (np.concatenate(parts) for parts in zip(*[(u.numpy(), v.numpy()) for u, v in images]))
+checks.record("imagedir_eval_single", image_model.evaluate(all_x, all_y, batch_size=8, return_dict=True, verbose=0))
+start = time.perf_counter()
+order.first_batch_fingerprint(augmented)  # what the check adds to a fit: one batch (the collective is the count's)
+checks.record("order_check_seconds", time.perf_counter() - start)
+
+# Where the orders cannot agree, the agent refuses, naming the fix, on every rank.
+agent, a, b = agent_and_reference()
+per_rank = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(N, seed=rank).batch(B)  # purpose-built: a seed per rank
+checks.expect_error("order_fit", ValueError, agent.fit, per_rank, epochs=1, verbose=0)
+checks.expect_error("order_evaluate", ValueError, agent.evaluate, per_rank, verbose=0)
+checks.expect_error("order_validation", ValueError, agent.fit, x, y, batch_size=B, epochs=1, verbose=0,
+                    validation_data=per_rank)
+checks.expect_error("order_predict", ValueError, agent.predict,
+                    tf.data.Dataset.from_tensor_slices(x).shuffle(N, seed=rank).batch(B), verbose=0)
+checks.record("order_untouched", int(a.optimizer.iterations.numpy()))  # nothing trained before the errors
+user_split = tf.data.Dataset.from_tensor_slices((x, y)).batch(B).shard(size, rank)  # Horovod-style, by the user
+checks.expect_error("order_user_split", ValueError, agent.fit, user_split, epochs=1, verbose=0)
+h = agent.fit(user_split, epochs=1, verbose=0, shard=False)  # what the error says: each rank's own data
+checks.record("order_user_split_shard_false", int(a.optimizer.iterations.numpy()))
+checks.expect_error("order_arrays", ValueError, agent.fit, x + rank, y, batch_size=B, epochs=1, verbose=0)
+checks.expect_error("order_predict_arrays", ValueError, agent.predict, x + rank, verbose=0)
+
+
+def own_stream():  # each rank's generator starts at its own offset
+    while True:
+        for i in range(rank * B, N, B):
+            yield x[i:i + B], y[i:i + B]
+
+
+checks.expect_error("order_generator", ValueError, agent.fit, own_stream(), steps_per_epoch=4, epochs=1, verbose=0)
+
 checks.record("ok", True)
 checks.finish()

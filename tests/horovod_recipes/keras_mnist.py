@@ -40,7 +40,7 @@ digits = load_digits()
 images = (digits.images[..., np.newaxis] / 16.0).astype("float32")
 labels = digits.target.astype("int64")
 dataset = tf.data.Dataset.from_tensor_slices((images[:1500], labels[:1500]))
-dataset = dataset.repeat().shuffle(10000).batch(BATCH)  # each rank its own order, as in Horovod's example
+dataset = dataset.repeat().shuffle(10000).batch(BATCH)  # one order on every rank under hvdagent (docs/from-horovod.md)
 val = (images[1500:], labels[1500:])
 
 tf.keras.utils.set_random_seed(hvd.rank())  # different initial weights per rank: the broadcast must fix them

@@ -56,7 +56,7 @@ from hvdagent._sync.statistics import StatisticsSync
 
 __all__ = ["distributed", "check_xla"]
 
-_WRAPPED = ("train_step", "test_step", "get_metrics_result", "make_train_function")
+_WRAPPED = ("train_step", "test_step", "get_metrics_result")
 _FUNCTIONS = ("train_function", "test_function", "predict_function")
 
 
@@ -141,10 +141,10 @@ def _xla_split(model):
     return step
 
 
-def _train_step(model, original, sync_stats, empty):
+def _train_step(model, original, sync_stats, empty, xla: bool):
     import tensorflow as tf
 
-    if _compat.jit_compile(model) and _compat.has_default_train_step(model):
+    if xla:
         original = _xla_split(model)
 
     def train_step(self, data):
@@ -168,14 +168,6 @@ def _train_step(model, original, sync_stats, empty):
         return logs
 
     return train_step
-
-
-def _make_train_function(model, original):
-    def make_train_function(self, force=False):
-        with _compat.jit_off(self):  # XLA, if on, covers the gradients only (see _xla_split)
-            return original(force)
-
-    return make_train_function
 
 
 def check_xla(model) -> None:
@@ -371,11 +363,13 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
 
         with tf.init_scope():
             empty = tf.Variable(False, trainable=False, name="hvdagent_last_batch_empty")
+    # XLA, if on, compiles the gradients of Keras' own step only (see _xla_split): Keras
+    # builds the step functions with it off, for the duration of the block.
+    xla = _compat.jit_compile(model) and _compat.has_default_train_step(model)
     wrapped = {
-        "train_step": _train_step(model, originals["train_step"], stats, empty),
+        "train_step": _train_step(model, originals["train_step"], stats, empty, xla),
         "test_step": _test_step(model, originals["test_step"], empty),
         "get_metrics_result": _metrics_result(model, originals["get_metrics_result"]),
-        "make_train_function": _make_train_function(model, originals["make_train_function"]),
         logs_method: _epoch_logs(originals[logs_method], local_results, empty),
     }
     # Traced functions hold the collectives of the size they were traced at
@@ -387,7 +381,7 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
     for name, fn in zip(_FUNCTIONS, cache.get(key, (None,) * len(_FUNCTIONS))):
         setattr(model, name, fn)
     try:
-        with _only_distributed_updates(model):
+        with _only_distributed_updates(model), _compat.jit_off(model):
             yield
     finally:
         cache.clear()

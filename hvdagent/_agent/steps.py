@@ -23,8 +23,7 @@ The update itself, the same on every rank, stays.
 
 **Only distributed updates.** While the agent traces a step, an optimizer
 that applies gradients outside a distributed optimizer the model holds is an
-error naming it (its update would differ on every rank): a scoped hook on
-Keras' optimizer base class, the one place to see every optimizer's update.
+error naming it (see :mod:`hvdagent._agent.updates`).
 
 **XLA** (``compile(jit_compile=True)``, or ``"auto"`` on a GPU): Horovod's
 collectives cannot run inside an XLA cluster. For Keras' own ``train_step``
@@ -43,14 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import types
 from typing import Dict
 
 from hvdagent import _compat, _hvd
+from hvdagent._agent.updates import only_distributed_updates, tracing_step
 from hvdagent._sync.batchnorm import sync_moments
-from hvdagent._sync.gradients import applying
-from hvdagent._sync.optimizer import distributed_optimizers, held_optimizers
+from hvdagent._sync.optimizer import distributed_optimizers
 from hvdagent._sync.parts import parts_of
 from hvdagent._sync.statistics import StatisticsSync
 
@@ -154,7 +152,7 @@ def _train_step(model, original, sync_stats, empty, xla: bool):
             sync.record_batch_size(n)
         state = _local_state(self)
         saved = [tf.identity(v) for v in state]
-        with _tracing_step(syncs):
+        with tracing_step(self, syncs):
             logs = original(_placeholder(data, n))
 
         def undo():  # an empty batch: only the update (the same on every rank) stays
@@ -195,74 +193,6 @@ def check_xla(model) -> None:
             "inside the forward pass, which XLA cannot hold: compile with jit_compile=False. "
             f"Received: jit_compile={_compat.jit_compile(model)}"
         )
-
-
-# --- only distributed updates -----------------------------------------------------------
-
-_STEP = threading.local()  # .syncs: while the agent traces a step, the gradient syncs it knows
-_HOOKS_LOCK = threading.Lock()
-_HOOKS: Dict[int, list] = {}  # generation -> [users, [(class, name, own attribute or None)]]
-
-
-@contextlib.contextmanager
-def _tracing_step(syncs):
-    outer = getattr(_STEP, "syncs", None)
-    _STEP.syncs = syncs
-    try:
-        yield
-    finally:
-        _STEP.syncs = outer
-
-
-def _checked(original, model):
-    def method(self, *args, **kwargs):
-        syncs = getattr(_STEP, "syncs", None)
-        if syncs is not None:
-            active = applying()
-            if active is None or all(active is not s for s in syncs):
-                raise ValueError(_undistributed_message(model, self, active is not None))
-        return original(self, *args, **kwargs)
-
-    return method
-
-
-def _undistributed_message(model, optimizer, distributed: bool) -> str:
-    held = ", ".join(f"model.{where}" for where, _ in held_optimizers(model)) or "none"
-    what = ("is an hvdagent.DistributedOptimizer the model does not hold, so the agent cannot weight its "
-            "gradients by this rank's batch size nor scale its learning rate" if distributed else
-            "is not distributed: its update would differ on every rank and the replicas would silently diverge")
-    return (
-        f"{type(model).__name__}'s train_step applies gradients with optimizer {optimizer.name!r} "
-        f"({type(optimizer).__name__}), which {what}. The agent distributes the optimizers the model holds as "
-        f"attributes (found: {held}): keep this one on the model, plain (e.g. self.my_optimizer = optimizer in "
-        "your compile()), before agent.compile(...) or DistributedAgent(model). "
-        f"Received: optimizer=<{type(optimizer).__name__} name={optimizer.name}>"
-    )
-
-
-@contextlib.contextmanager
-def _only_distributed_updates(model):
-    """Install, for the block, the check on every optimizer update of ``model``'s generation."""
-    gen = _compat.generation(model)
-    with _HOOKS_LOCK:
-        entry = _HOOKS.setdefault(gen, [0, []])
-        if entry[0] == 0:
-            for cls, name in _compat.optimizer_apply_methods(gen):
-                entry[1].append((cls, name, cls.__dict__.get(name)))
-                setattr(cls, name, _checked(getattr(cls, name), model))
-        entry[0] += 1
-    try:
-        yield
-    finally:
-        with _HOOKS_LOCK:
-            entry[0] -= 1
-            if entry[0] == 0:
-                for cls, name, own in reversed(entry[1]):
-                    if own is None:
-                        delattr(cls, name)
-                    else:
-                        setattr(cls, name, own)
-                entry[1].clear()
 
 
 def _test_step(model, original, empty):
@@ -375,13 +305,13 @@ def distributed(model, cache: Dict, stats: StatisticsSync):
     # Traced functions hold the collectives of the size they were traced at
     # (none with one rank): an elastic job that grows must retrace.
     key = (id(model.optimizer), id(getattr(model, "_compile_config", None) or getattr(model, "compiled_loss", None)),
-           _hvd.size())
+           _hvd.size(), xla)
     for name, fn in wrapped.items():
         object.__setattr__(model, name, types.MethodType(fn, model))
     for name, fn in zip(_FUNCTIONS, cache.get(key, (None,) * len(_FUNCTIONS))):
         setattr(model, name, fn)
     try:
-        with _only_distributed_updates(model), _compat.jit_off(model):
+        with only_distributed_updates(model), _compat.jit_off(model):
             yield
     finally:
         cache.clear()

@@ -68,11 +68,6 @@ def keras_module(gen: int):
     return _keras3() if gen == KERAS3 else _tf_keras()
 
 
-def get_optimizer(identifier: Any, gen: int):
-    """Resolve ``"adam"``, a config dict or an instance to an optimizer."""
-    return keras_module(gen).optimizers.get(identifier)
-
-
 def callback_base(gen: int):
     return keras_module(gen).callbacks.Callback
 
@@ -203,10 +198,23 @@ def build_from_spec(model, element_spec) -> None:
         if not model.built or (model.optimizer is not None and not model.optimizer.built):
             model._symbolic_build(data_batch=element_spec)
         return
+    x, y = (element_spec[0], element_spec[1]) if isinstance(element_spec, tuple) and len(element_spec) > 1 else (
+        element_spec[0] if isinstance(element_spec, tuple) else element_spec, None)
+
+    def zeros(spec):
+        return tf.nest.map_structure(lambda s: tf.zeros([1] + [d or 1 for d in s.shape[1:]], s.dtype), spec)
+
     if not model.built:
-        x = element_spec[0] if isinstance(element_spec, tuple) else element_spec
-        zeros = tf.nest.map_structure(lambda s: tf.zeros([1] + list(s.shape[1:]), s.dtype), x)
-        model(zeros, training=False)
+        model(zeros(x), training=False)
+    # tf_keras creates its compiled loss and metrics at the first traced step; the agent's
+    # step must see their state before then (an empty batch takes it back).
+    loss, metrics = getattr(model, "compiled_loss", None), getattr(model, "compiled_metrics", None)
+    if y is not None and ((loss is not None and not loss.built) or (metrics is not None and not metrics.built)):
+        y_pred = model(zeros(x), training=False)
+        if loss is not None and not loss.built:
+            loss.build(y_pred)
+        if metrics is not None and not metrics.built:
+            metrics.build(y_pred, zeros(y))
 
 
 # --- the training step: XLA, Keras' own step, epoch-end logs -------------------------

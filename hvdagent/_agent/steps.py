@@ -246,16 +246,14 @@ def _epoch_logs(original, local_results, empty):
     """
 
     def method(self, logs):
-        import numpy as np
-
         local = local_results()  # before the reduction below
         result = original(logs)
         if _hvd.size() == 1 or result is not logs or not isinstance(logs, dict):
             return result
         keys = sorted(logs)
-        values = [float(np.asarray(logs[k])) if np.size(logs[k]) == 1 else None for k in keys]
-        sources = [next((name for name, v in local.items() if np.size(v) == 1 and float(np.asarray(v)) == value),
-                        None) if value is not None else None for value in values]
+        values = [_scalar(logs[k]) for k in keys]
+        sources = [next((name for name, v in local.items() if _scalar(v) == value), None)
+                   if value is not None else None for value in values]
         every = _hvd.allgather_object((sources, values, bool(empty.numpy())), name="hvdagent_epoch_logs")
         every = [e for e in every if not e[2]] or every
         results = self.get_metrics_result()
@@ -269,6 +267,14 @@ def _epoch_logs(original, local_results, empty):
         return out
 
     return method
+
+
+def _scalar(value):
+    """``value`` as a float if it holds one number, else None."""
+    import numpy as np
+
+    array = np.asarray(value)
+    return float(array.reshape(-1)[0]) if array.size == 1 and array.dtype.kind in "fiub" else None
 
 
 def _to_python(value):

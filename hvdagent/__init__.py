@@ -24,6 +24,7 @@ from hvdagent._launch.api import LaunchError, LaunchTimeoutError, launch  # noqa
 from hvdagent._runtime.process import init, is_chief, local_rank, local_size, rank, size  # noqa: E402
 from hvdagent._sync.batchnorm import SyncBatchNormalization  # noqa: E402
 from hvdagent._sync.profiler import SyncProfiler  # noqa: E402
+from hvdagent._sync.replicas import ReplicaDivergenceError  # noqa: E402
 from hvdagent._watchdog.pause import paused as watchdog_paused  # noqa: E402
 from hvdagent._horovod_keras.optimizer import DistributedOptimizer  # noqa: E402
 from hvdagent._sync import keras3_optimizer as _keras3_optimizer  # noqa: E402,F401 (registered: files naming it load)
@@ -78,6 +79,7 @@ __all__ = [
     "LaunchError",
     "LaunchTimeoutError",
     "HorovodUnavailableError",
+    "ReplicaDivergenceError",
     # Horovod's horovod.tensorflow.keras names
     "shutdown",
     "is_initialized",

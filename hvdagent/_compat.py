@@ -7,6 +7,7 @@ never off a global flag, so a process may hold models of both kinds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from typing import Any, Optional
@@ -76,11 +77,6 @@ def is_optimizer(obj: Any) -> bool:
 def keras_module(gen: int):
     """The ``keras`` (3) or ``tf_keras`` module for a generation."""
     return _keras3() if gen == KERAS3 else _tf_keras()
-
-
-def get_optimizer(identifier: Any, gen: int):
-    """Resolve ``"adam"``, a config dict or an instance to an optimizer."""
-    return keras_module(gen).optimizers.get(identifier)
 
 
 def callback_base(gen: int):
@@ -172,23 +168,121 @@ def iterations(optimizer):
     return optimizer.iterations
 
 
+def has_call(model) -> bool:
+    """False for a model that defines no ``call()`` (keras-io's GAN and VAE: only a ``train_step``)."""
+    base = keras_module(generation(model)).Model
+    return getattr(type(model), "call", None) is not getattr(base, "call", None)
+
+
+def has_default_train_step(model) -> bool:
+    """True when ``model``'s class keeps Keras' own ``train_step``."""
+    base = keras_module(generation(model)).Model
+    return getattr(type(model), "train_step", None) is getattr(base, "train_step", None)
+
+
 def build_from_spec(model, element_spec) -> None:
     """Build an unbuilt model (and its optimizer, loss and metrics) from the data's spec.
 
     Keras 3 builds lazily at the first traced step when no distribution
     strategy is set; the agent needs the variables before that, to broadcast
     them. tf_keras models are built by calling them on zeros of the input spec.
+    A model without ``call()`` cannot be called: its layers must be built
+    already (keras-io's GAN and VAE build theirs from ``keras.Input``s), and
+    its optimizers build at their first update, as in plain Keras.
+
+    Raises:
+        ValueError: a model without ``call()`` has layers that are not built.
     """
     import tensorflow as tf
 
+    if not has_call(model):
+        unbuilt = [layer.name for layer in model._flatten_layers(include_self=False) if not layer.built]
+        if unbuilt:
+            raise ValueError(
+                f"{type(model).__name__} has no call(), so its layers cannot be built from the data, and these "
+                "are not built yet; every rank must hold the same weights before the first step (the agent "
+                "broadcasts rank 0's). Build them first: give each sub-model a keras.Input, or call "
+                f"layer.build(input_shape). Received: unbuilt layers {unbuilt}"
+            )
+        return
     if generation(model) == KERAS3:
         if not model.built or (model.optimizer is not None and not model.optimizer.built):
             model._symbolic_build(data_batch=element_spec)
         return
+    x, y = (element_spec[0], element_spec[1]) if isinstance(element_spec, tuple) and len(element_spec) > 1 else (
+        element_spec[0] if isinstance(element_spec, tuple) else element_spec, None)
+
+    def zeros(spec):
+        return tf.nest.map_structure(lambda s: tf.zeros([1] + [d or 1 for d in s.shape[1:]], s.dtype), spec)
+
     if not model.built:
-        x = element_spec[0] if isinstance(element_spec, tuple) else element_spec
-        zeros = tf.nest.map_structure(lambda s: tf.zeros([1] + list(s.shape[1:]), s.dtype), x)
-        model(zeros, training=False)
+        model(zeros(x), training=False)
+    # tf_keras creates its compiled loss and metrics at the first traced step; the agent's
+    # step must see their state before then (an empty batch takes it back).
+    loss, metrics = getattr(model, "compiled_loss", None), getattr(model, "compiled_metrics", None)
+    if y is not None and ((loss is not None and not loss.built) or (metrics is not None and not metrics.built)):
+        y_pred = model(zeros(x), training=False)
+        if loss is not None and not loss.built:
+            loss.build(y_pred)
+        if metrics is not None and not metrics.built:
+            metrics.build(y_pred, zeros(y))
+
+
+# --- the training step: XLA, Keras' own step, epoch-end logs -------------------------
+
+
+def jit_compile(model) -> bool:
+    """Whether Keras compiles ``model``'s steps with XLA (``compile(jit_compile=...)``, resolved)."""
+    if generation(model) == KERAS3:
+        return bool(model.jit_compile)
+    return bool(getattr(model, "_jit_compile", False))
+
+
+@contextlib.contextmanager
+def jit_off(model):
+    """Within the block Keras builds ``model``'s step functions without XLA (the setting is restored)."""
+    saved = model._jit_compile
+    model._jit_compile = False
+    try:
+        yield
+    finally:
+        model._jit_compile = saved
+
+
+def default_step_gradients(model, data):
+    """Keras' own training step up to the update: ``(gradients, logs)``.
+
+    The forward pass, the loss (tracked as Keras tracks it), the gradients of
+    the (loss-scaled) loss and the metrics; the caller applies the gradients.
+    """
+    import tensorflow as tf
+
+    x, y, sample_weight = keras_module(generation(model)).utils.unpack_x_y_sample_weight(data)
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        if generation(model) == KERAS3:
+            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            model._loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+            if model.optimizer is not None:
+                loss = model.optimizer.scale_loss(loss)
+        else:
+            loss = model.compute_loss(x, y, y_pred, sample_weight)
+    grads = tape.gradient(loss, model.trainable_variables)
+    return grads, model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def epoch_logs_method(model) -> str:
+    """Keras' method that turns the last step's logs into the epoch's (the metrics' results when the
+    names match)."""
+    return "_get_metrics_result_or_logs" if generation(model) == KERAS3 else "_validate_and_get_metrics_result"
+
+
+def optimizer_apply_methods(gen: int) -> list:
+    """``(class, method)`` pairs through which every optimizer of a generation updates variables."""
+    if gen == KERAS3:
+        return [(_keras3().optimizers.Optimizer, "apply")]
+    tk = _tf_keras()
+    return [(tk.optimizers.Optimizer, "apply_gradients"), (tk.optimizers.legacy.Optimizer, "apply_gradients")]
 
 
 def synchronized_batchnorm_layers(model) -> list:

@@ -217,3 +217,134 @@ def test_fit_profile_adds_compute_and_sync_times_to_the_logs():
         assert len(history.history[key]) == 2
     assert history.history["sync_time"] == [0.0, 0.0]  # one process: nothing to reduce
     assert all(t > 0 for t in history.history["compute_time"])
+
+
+class _TwoOptimizers(keras.Model):
+    """A custom compile keeping two optimizers (one in a list), no call()."""
+
+    def __init__(self, built=True):
+        super().__init__()
+        self.first = keras.Sequential(([keras.Input((4,))] if built else []) + [keras.layers.Dense(3)])
+        self.second = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        self.tracker = keras.metrics.Mean(name="loss")
+
+    def compile(self, first_optimizer, second_optimizer, loss_fn):
+        super().compile()
+        self.first_optimizer = first_optimizer
+        self.more = [second_optimizer]
+        self.loss_fn = loss_fn
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape(persistent=True) as tape:
+            loss = self.loss_fn(y, self.second(self.first(x)))
+        self.first_optimizer.apply(tape.gradient(loss, self.first.trainable_weights), self.first.trainable_weights)
+        self.more[0].apply(tape.gradient(loss, self.second.trainable_weights), self.second.trainable_weights)
+        self.tracker.update_state(loss)
+        return {"loss": self.tracker.result()}
+
+
+def _two(seed=2, **kwargs):
+    keras.utils.set_random_seed(seed)
+    return _TwoOptimizers(**kwargs)
+
+
+def _two_args():
+    return dict(first_optimizer=keras.optimizers.SGD(0.1), second_optimizer=keras.optimizers.Adam(1e-2),
+                loss_fn=keras.losses.MeanSquaredError())
+
+
+def test_a_custom_compile_passes_through_and_every_optimizer_the_model_holds_is_distributed(tmp_path):
+    from hvdagent._sync.parts import is_distributed
+
+    x, y = _data()
+    a, b = _two(), _two()
+    agent = hvdagent.DistributedAgent(a, scale_lr=False)
+    agent.compile(**_two_args())
+    b.compile(**_two_args())
+    assert [is_distributed(o) for o in (a.optimizer, a.first_optimizer, a.more[0])] == [True, True, True]
+    ha = agent.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    hb = b.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-6)
+    assert ha.history["loss"] == pytest.approx(hb.history["loss"], abs=1e-6)
+    # Its state would be lost at a resume: refused, naming the optimizers.
+    with pytest.raises(ValueError, match=r"several \(model.optimizer, model.first_optimizer, model.more\[0\]\)"):
+        agent.fit(x, y, batch_size=8, checkpoint_dir=tmp_path / "ckpt", verbose=0)
+    # One the user made distributed already is refused where it is held.
+    c = _two()
+    c.compile(hvdagent.DistributedOptimizer(keras.optimizers.SGD()), keras.optimizers.SGD(), "mse")
+    with pytest.raises(ValueError, match=r"model.first_optimizer is already an hvdagent.DistributedOptimizer"):
+        hvdagent.DistributedAgent(c)
+
+
+def test_a_model_without_call_trains_when_its_layers_are_built():
+    x, y = _data()
+    model = _two(built=False)
+    agent = hvdagent.DistributedAgent(model)
+    agent.compile(**_two_args())
+    with pytest.raises(ValueError, match=r"_TwoOptimizers has no call\(\).*Received: unbuilt layers \['sequential"):
+        agent.fit(x, y, batch_size=8, verbose=0)
+    model.first.build((None, 4))
+    assert len(agent.fit(x, y, batch_size=8, verbose=0).history["loss"]) == 1
+
+
+def test_replica_check_options_are_validated():
+    with pytest.raises(ValueError, match=r"check_replicas must be one of \(None, 'end', 'epoch'\)\. "
+                                         r"Received: check_replicas='always'"):
+        hvdagent.DistributedAgent(_model(), check_replicas="always")
+    with pytest.raises(ValueError, match="Received: replica_tolerance=-1"):
+        hvdagent.DistributedAgent(_model(), replica_tolerance=-1)
+    with pytest.raises(TypeError, match="Received: replica_tolerance='small'"):
+        hvdagent.DistributedAgent(_model(), replica_tolerance="small")
+    agent = hvdagent.DistributedAgent(_model(), check_replicas="epoch", replica_tolerance=0)
+    agent.compile("sgd", "mse")
+    x, y = _data()
+    assert len(agent.fit(x, y, epochs=2, verbose=0).history["loss"]) == 2  # one process: nothing to compare
+
+
+def test_xla_compiles_keras_own_step_and_refuses_a_custom_one():
+    x, y = _data()
+    a, b = _model(1), _model(1)
+    for m in (a, b):
+        m.compile(keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
+    hvdagent.DistributedAgent(a, scale_lr=False).fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    b.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-5)
+    assert a.jit_compile is True  # as the user set it, after fit
+    c = _two()
+    c.compile(**_two_args())
+    c.jit_compile = True
+    with pytest.raises(ValueError, match=r"jit_compile is on for _TwoOptimizers, whose train_step is its own.*"
+                                         r"Received: jit_compile=True"):
+        hvdagent.DistributedAgent(c).fit(x, y, batch_size=8, verbose=0)
+
+
+def test_a_step_applying_an_optimizer_the_model_does_not_hold_is_refused_when_traced():
+    hidden = keras.optimizers.SGD(0.1)
+
+    class Hidden(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(self(x) - y))
+            hidden.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+            return {"loss": loss}
+
+    before = dict(vars(keras.optimizers.Optimizer))
+    agent = hvdagent.DistributedAgent(Hidden())
+    agent.compile("sgd", "mse")
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"Hidden's train_step applies gradients with optimizer 'sgd(_\d+)?' \(SGD\), "
+                                         r"which is not distributed.*found: model.optimizer"):
+        agent.fit(x, y, batch_size=8, verbose=0)
+    assert dict(vars(keras.optimizers.Optimizer)) == before  # the check is installed only while the agent runs
+    hidden.apply([tf.zeros((4, 2)), tf.zeros((2,))], agent.model.trainable_variables)  # plain Keras: untouched

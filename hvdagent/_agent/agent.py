@@ -12,9 +12,10 @@ from hvdagent._data import inputs as _inputs
 from hvdagent._data import shard as _data
 from hvdagent._runtime import validate as _validate
 from hvdagent._sync.batchnorm import check_synchronized_batchnorm
-from hvdagent._sync.optimizer import wrap
+from hvdagent._sync.optimizer import distribute_held, distributed_optimizers, held_optimizers
 from hvdagent._sync.options import SyncOptions
 from hvdagent._sync.parts import is_distributed, parts_of
+from hvdagent._sync.replicas import CHECKS, check_replicas
 from hvdagent._sync.schedule import EpochPlan
 from hvdagent._sync.statistics import StatisticsSync
 
@@ -54,6 +55,23 @@ class DistributedAgent:
             weights every ``N`` updates and at the end of every epoch.
         local_sgd_warmup_epochs: with ``sync_every > 1``, epochs of every-step
             gradient sync before local SGD starts (post-local SGD; default 0).
+        check_replicas: compare the trainable weights across ranks (a hash
+            of each, one small collective) and raise
+            :class:`hvdagent.ReplicaDivergenceError` naming the variables that
+            differ: ``"end"`` (default) when ``fit`` ends, ``"epoch"`` also
+            at the end of every epoch (before its checkpoint is written),
+            ``None`` never.
+        replica_tolerance: how far a rank's weight may be from the mean over
+            ranks, relative to the variable's largest magnitude (at least 1),
+            before the check fails (default 1e-6; TensorFlow's sparse updates
+            on CPU differ by a few 1e-9 between ranks).
+
+    Every optimizer the model holds is made distributed: ``model.optimizer``
+    and any other a custom ``compile`` keeps as an attribute (keras-io's GAN:
+    ``self.d_optimizer``, ``self.g_optimizer``), each with the same options,
+    learning-rate scaling and batch-size weighting. A ``train_step`` that
+    applies an optimizer the model does not hold is an error when the step is
+    first traced.
 
     Example (``scale_lr``): SGD(0.01), 4 ranks, ``warmup_epochs=2`` trains at
     0.01 at the first step, ramps linearly to 0.04 by the end of epoch 2, then
@@ -71,7 +89,8 @@ class DistributedAgent:
     def __init__(self, model: Any, scale_lr: bool = True, warmup_epochs: float = 0,
                  compression: Optional[str] = None, backward_passes_per_step: int = 1, op: str = "average",
                  sparse_as_dense: bool = False, gradient_predivide_factor: float = 1.0,
-                 stall_timeout: Optional[float] = 600.0, sync_every: int = 1, local_sgd_warmup_epochs: float = 0):
+                 stall_timeout: Optional[float] = 600.0, sync_every: int = 1, local_sgd_warmup_epochs: float = 0,
+                 check_replicas: Optional[str] = "end", replica_tolerance: float = 1e-6):
         if not _compat.is_model(model):
             raise TypeError("model must be a keras.Model (Keras 3) or a tf_keras.Model (Keras 2). "
                             f"Received: model={model!r} of type {type(model).__name__}")
@@ -83,6 +102,8 @@ class DistributedAgent:
         self.stall_timeout = _validate.optional(_validate.number, "stall_timeout", stall_timeout, minimum=0,
                                                 exclusive=True, hint=" (seconds), or None to disable")
         self.local_sgd_warmup_epochs = _validate.number("local_sgd_warmup_epochs", local_sgd_warmup_epochs, minimum=0)
+        self.check_replicas = _validate.one_of("check_replicas", check_replicas, (None,) + CHECKS)
+        self.replica_tolerance = _validate.number("replica_tolerance", replica_tolerance, minimum=0)
         self._options = SyncOptions(op=op, compression=compression, backward_passes_per_step=backward_passes_per_step,
                                     sparse_as_dense=sparse_as_dense,
                                     gradient_predivide_factor=gradient_predivide_factor, sync_every=sync_every)
@@ -91,7 +112,7 @@ class DistributedAgent:
         self._functions: dict = {}  # compiled step functions, see _steps.distributed
         self._stats = StatisticsSync()
         if getattr(model, "optimizer", None) is not None and _compat.is_compiled(model):
-            self._distribute("model.optimizer")
+            self._distribute()
 
     @property
     def rank(self) -> int:
@@ -106,26 +127,26 @@ class DistributedAgent:
         """The distributed optimizer (``None`` before ``compile``)."""
         return getattr(self.model, "optimizer", None)
 
-    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None, **kwargs) -> None:
-        """Compile the model (``keras.Model.compile``'s arguments) and make its optimizer distributed.
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """Compile the model with the arguments of its own ``compile``, then make its optimizers distributed.
 
-        ``optimizer`` may be a name (``"adam"``), a config or an instance; one
-        that is already distributed is an error. Keras remembers the plain
-        optimizer, so every file saved later holds it.
+        Keras' ``compile(optimizer="rmsprop", loss=None, metrics=None, ...)``
+        (``optimizer`` a name, a config or an instance), or a custom
+        signature such as keras-io's GAN's ``compile(d_optimizer,
+        g_optimizer, loss_fn)``: the arguments go to ``model.compile`` as
+        given. Then every optimizer the compiled model holds (see the class
+        docstring) becomes distributed; one that already is is an error.
+        Keras remembers the plain optimizer, so every file saved later holds it.
         """
-        if is_distributed(optimizer):
-            raise ValueError("optimizer is already an hvdagent.DistributedOptimizer; pass the plain optimizer to "
-                             f"agent.compile, the agent distributes it. Received: optimizer={type(optimizer).__name__}")
-        self.model.compile(optimizer=_compat.get_optimizer(optimizer, self._gen), loss=loss, metrics=metrics, **kwargs)
-        self._distribute("optimizer")
+        for value in list(args) + list(kwargs.values()):
+            if is_distributed(value):
+                raise ValueError("optimizer is already an hvdagent.DistributedOptimizer; pass the plain optimizer to "
+                                 f"agent.compile, the agent distributes it. Received: optimizer={type(value).__name__}")
+        self.model.compile(*args, **kwargs)
+        self._distribute()
 
-    def _distribute(self, what: str) -> None:
-        plain = self.model.optimizer
-        if is_distributed(plain):
-            raise ValueError(f"the {what} is already an hvdagent.DistributedOptimizer; compile the model with the "
-                             "plain optimizer and let the agent distribute it. "
-                             f"Received: {what}={type(plain).__name__}")
-        self.model.optimizer = wrap(plain, self._options)
+    def _distribute(self) -> None:
+        distribute_held(self.model, self._options)
         self._functions.clear()
 
     def _require_compiled(self, method: str) -> None:
@@ -153,6 +174,14 @@ class DistributedAgent:
             The ``History``: exact global metrics, the same on every rank.
         """
         self._require_compiled("fit")
+        if (checkpoint_dir is not None or elastic) and len(distributed_optimizers(self.model)) > 1:
+            held = [f"model.{where}" for where, _ in held_optimizers(self.model)]
+            raise ValueError(
+                "checkpoint_dir and elastic=True save and restore the state of one optimizer, and this model holds "
+                f"several ({', '.join(held)}): their state would be lost at a resume. Train it without them "
+                "(save the sub-models yourself on rank 0 to keep the weights). "
+                f"Received: checkpoint_dir={checkpoint_dir!r}, elastic={elastic!r}"
+            )
         if batch_size is not None:
             _validate.batch_size(batch_size)
         _validate.integer("epochs", epochs, minimum=0)
@@ -195,14 +224,22 @@ class DistributedAgent:
             val = _inputs.validation(validation_data, kwargs.pop("validation_batch_size", None) or batch_size, val_steps)
         per_epoch = steps or _data.steps_of(ds)
         check_synchronized_batchnorm(self.model, _data.padded_steps(ds))
+        _steps.check_xla(self.model)
         self._configure(per_epoch)
         _compat.build_from_spec(self.model, ds.element_spec)
+        guard = self._replica_check if self.check_replicas == "epoch" else None
         cbs = _callbacks.for_fit(self.model, callbacks, stall_timeout=self.stall_timeout, checkpointer=checkpointer,
-                                 resume_meta=meta, profile=profile, extra=extra_callbacks)
+                                 resume_meta=meta, profile=profile, extra=extra_callbacks, replica_check=guard)
         with _steps.distributed(self.model, self._functions, self._stats):
-            return self.model.fit(ds, epochs=epochs, verbose=verbose if self.rank == 0 else 0, callbacks=cbs,
-                                  validation_data=val, shuffle=False, steps_per_epoch=steps,
-                                  validation_steps=val_steps if val is not None else None, **kwargs)
+            history = self.model.fit(ds, epochs=epochs, verbose=verbose if self.rank == 0 else 0, callbacks=cbs,
+                                     validation_data=val, shuffle=False, steps_per_epoch=steps,
+                                     validation_steps=val_steps if val is not None else None, **kwargs)
+        if self.check_replicas is not None:
+            self._replica_check("after fit")
+        return history
+
+    def _replica_check(self, when: str) -> None:
+        check_replicas(self.model.trainable_variables, self.replica_tolerance, when)
 
     def _configure(self, steps_per_epoch: int) -> None:
         """This fit's epoch plan (learning-rate scale, local-SGD start, epoch length), set once."""
@@ -210,7 +247,8 @@ class DistributedAgent:
                                  backward_passes_per_step=self._options.backward_passes_per_step,
                                  scale_lr=self.scale_lr, warmup_epochs=self.warmup_epochs,
                                  local_sgd_warmup_epochs=self.local_sgd_warmup_epochs)
-        parts_of(self.model.optimizer).schedule.set(plan)
+        for optimizer in distributed_optimizers(self.model):
+            parts_of(optimizer).schedule.set(plan)
         self._stats.start()
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: Optional[int] = None, verbose: Any = "auto",

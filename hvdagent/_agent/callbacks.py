@@ -9,16 +9,18 @@
    file writers (``ModelCheckpoint``, ``TensorBoard``, ``CSVLogger``), and
    ``BackupAndRestore`` reading but never writing;
 6. the stop vote (``stop_training`` on any rank stops every rank);
-7. checkpoint save (rank 0 writes; after the user's callbacks, so a learning
+7. the replica check at every epoch's end (``check_replicas="epoch"``):
+   before the checkpoint, so diverged replicas are never saved;
+8. checkpoint save (rank 0 writes; after the user's callbacks, so a learning
    rate changed by ``ReduceLROnPlateau`` is saved);
-8. the extra callbacks of the caller (elastic training's commit).
+9. the extra callbacks of the caller (elastic training's commit).
 
 Each is wrapped for the model's Keras generation (tf_keras gets forwarders).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import keras
 
@@ -26,7 +28,7 @@ from hvdagent import _compat, _hvd
 from hvdagent._sync.broadcast import broadcast_model_state
 from hvdagent._sync.optimizer import save_as_plain
 
-__all__ = ["for_fit", "Broadcast", "SyncStop", "ReadOnlyBackup"]
+__all__ = ["for_fit", "Broadcast", "SyncStop", "ReadOnlyBackup", "ReplicaGuard"]
 
 
 def rank_filtered(callbacks: Sequence[Any], gen: int) -> List[Any]:
@@ -47,7 +49,8 @@ def rank_filtered(callbacks: Sequence[Any], gen: int) -> List[Any]:
 
 
 def for_fit(model, user_callbacks: Optional[Sequence[Any]], *, stall_timeout: Optional[float],
-            checkpointer=None, resume_meta=None, profile: bool = False, extra: Sequence[Any] = ()) -> List[Any]:
+            checkpointer=None, resume_meta=None, profile: bool = False, extra: Sequence[Any] = (),
+            replica_check: Optional[Callable[[str], None]] = None) -> List[Any]:
     """The full, ordered callback list for one ``agent.fit`` (see the module docstring)."""
     from hvdagent._agent.checkpoint import EpochCheckpoint
 
@@ -66,6 +69,8 @@ def for_fit(model, user_callbacks: Optional[Sequence[Any]], *, stall_timeout: Op
         out.append(SyncProfiler())
     out += rank_filtered(user, _compat.generation(model))
     out.append(SyncStop(user))
+    if replica_check is not None:
+        out.append(ReplicaGuard(replica_check))
     if checkpointer is not None:
         out.append(EpochCheckpoint(checkpointer, "save"))
     out += list(extra)
@@ -124,6 +129,17 @@ class SyncStopEveryBatch(SyncStop):
 
     def on_train_batch_end(self, batch, logs=None):
         _sync(self.model)
+
+
+class ReplicaGuard(keras.callbacks.Callback):
+    """Runs the replica check (``check(when)``) at the end of every epoch, on every rank."""
+
+    def __init__(self, check: Callable[[str], None]):
+        super().__init__()
+        self.check = check
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check(f"after epoch {epoch + 1}")
 
 
 class ReadOnlyBackup(keras.callbacks.Callback):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from hvdagent import _compat, _hvd
+from hvdagent._sync.optimizer import distributed_optimizers
 
 __all__ = ["check_same_variables", "broadcast_model_state"]
 
@@ -42,7 +43,12 @@ def check_same_variables(variables, what: str = "model") -> None:
 
 
 def broadcast_model_state(model, root_rank: int = 0, keep: Iterable = ()) -> None:
-    """Overwrite the model's and optimizer's variables on every rank with ``root_rank``'s.
+    """Overwrite the model's and its optimizers' variables on every rank with ``root_rank``'s.
+
+    The optimizers are ``model.optimizer`` and every other distributed
+    optimizer the model holds (a GAN's two); one that has not built its
+    variables yet builds them at its first update, from the same initial
+    values on every rank.
 
     Builds the optimizer's variables first, and checks that every rank holds
     variables of the same names, shapes and dtypes (an error naming the
@@ -55,7 +61,11 @@ def broadcast_model_state(model, root_rank: int = 0, keep: Iterable = ()) -> Non
     _compat.build_optimizer(model)
     check_same_variables(model.weights)
     variables = list(model.weights)
-    if model.optimizer is not None:
-        variables += list(model.optimizer.variables)
+    optimizers = [model.optimizer] if model.optimizer is not None else []
+    for opt in distributed_optimizers(model):  # a GAN's others; not built yet they start equal anyway
+        if all(opt is not o for o in optimizers):
+            optimizers.append(opt)
+    for opt in optimizers:
+        variables += list(opt.variables)
     kept = {id(v) for v in keep}
     _hvd.broadcast_variables([v for v in variables if id(v) not in kept], root_rank=root_rank)

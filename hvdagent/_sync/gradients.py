@@ -16,6 +16,19 @@ the sync through :meth:`GradientSync.record_batch_size`, which the agent's
 training step calls (its only writer); a custom loop that never calls it
 gets Horovod's plain average.
 
+**Same collectives whatever the batch holds.** A rank with an empty batch runs
+the user's step on a placeholder batch (see :mod:`hvdagent._agent.steps`), so
+it reaches every reduction a real step reaches, sparse gradients included.
+Its gradients are weighted by its batch size, zero, with ``multiply_no_nan``
+(a placeholder's gradient may be NaN; zero times NaN must still be zero); its
+sparse gradients keep no rows; under ``op="sum"``/``"adasum"``, local SGD and
+gradient accumulation it contributes zeros.
+
+**Names.** Horovod pairs collectives across ranks by name. Each optimizer's
+reductions are named after its ``tag`` (empty for ``model.optimizer``, the
+attribute's name for the other optimizers a model holds), so two optimizers
+of one step (a GAN's) never share a name.
+
 **Local SGD** (``sync_every=N > 1``): after ``local_sgd_start`` updates of
 every-step gradient sync, each rank applies its own gradients and every
 ``N``-th update (and at the last update of every epoch) the trainable weights
@@ -29,20 +42,46 @@ reads and resets it (:class:`hvdagent.SyncProfiler` uses it).
 
 from __future__ import annotations
 
-from typing import List, Tuple
+import contextlib
+import threading
+from typing import List, Optional, Tuple
 
 from hvdagent import _hvd
 from hvdagent._sync.options import SyncOptions
 
-__all__ = ["GradientSync"]
+__all__ = ["GradientSync", "applying"]
+
+_ACTIVE = threading.local()
+
+
+def applying() -> Optional["GradientSync"]:
+    """The gradient sync whose :meth:`GradientSync.apply` this thread is inside, if any.
+
+    The agent asks, while it traces a step, whether an optimizer applying
+    gradients does so through a distributed optimizer it knows.
+    """
+    return getattr(_ACTIVE, "sync", None)
+
+
+def _weighted(g, weight):
+    """``g * weight``, zero wherever ``weight`` is zero even if ``g`` is not finite."""
+    import tensorflow as tf
+
+    if isinstance(g, tf.IndexedSlices):
+        keep = tf.cast(tf.not_equal(weight, 0), tf.int32) * tf.shape(g.indices)[0]
+        values = g.values[:keep] * tf.cast(weight, g.values.dtype)
+        return tf.IndexedSlices(values, g.indices[:keep], g.dense_shape)
+    g = tf.convert_to_tensor(g)
+    return tf.math.multiply_no_nan(g, tf.cast(weight, g.dtype))
 
 
 class GradientSync:
     """The state of gradient synchronisation for one optimizer."""
 
-    def __init__(self, options: SyncOptions, schedule):
+    def __init__(self, options: SyncOptions, schedule, tag: str = ""):
         self.options = options
         self.schedule = schedule
+        self.tag = f"_{tag}" if tag else ""
         self._count = None
         self._seconds = None
         self._calls = None
@@ -68,6 +107,11 @@ class GradientSync:
                 ]
                 self._acc_count = tf.Variable(0.0, trainable=False, name="hvdagent_acc_count")
                 self._passes = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdagent_passes")
+
+    def _batch_size(self):
+        import tensorflow as tf
+
+        return self._count.read_value() if self._count is not None else tf.constant(1.0)
 
     def record_batch_size(self, n) -> None:
         """This rank's batch size for the next gradient reduction (the agent's step calls it)."""
@@ -109,10 +153,9 @@ class GradientSync:
         if _hvd.size() == 1:
             return list(grads)
         weighted = opts.op == "average"
-        if count is None:
-            count = self._count if self._count is not None else tf.constant(1.0)
-        count = tf.cast(count, tf.float32)
-        pre = 1.0 / opts.gradient_predivide_factor
+        count = tf.cast(self._batch_size() if count is None else count, tf.float32)
+        # A rank without data sends zeros (and no sparse rows), whatever its placeholder step computed.
+        weight = count * (1.0 / opts.gradient_predivide_factor) if weighted else tf.cast(count > 0, tf.float32)
 
         dense_idx, dense, sparse_idx, sparse = [], [], [], []
         for i, g in enumerate(grads):
@@ -120,18 +163,15 @@ class GradientSync:
                 continue
             if isinstance(g, tf.IndexedSlices) and not opts.sparse_as_dense:
                 sparse_idx.append(i)
-                sparse.append(g)
+                sparse.append(_weighted(g, count if weighted else weight))
                 continue
-            g = tf.convert_to_tensor(g)
-            if weighted:
-                g = g * tf.cast(count * pre, g.dtype)
             dense_idx.append(i)
-            dense.append(g)
+            dense.append(_weighted(tf.convert_to_tensor(g), weight))
         if weighted:
             dense.append(tf.reshape(count, [1]))
         op = "sum" if weighted else opts.op
         reduced = self._timed(dense, lambda ts: _hvd.allreduce(ts, op=op, compression=opts.compression,
-                                                             name="hvdagent_grads"))
+                                                             name=f"hvdagent_grads{self.tag}"))
 
         out = list(grads)
         if weighted:
@@ -140,9 +180,7 @@ class GradientSync:
         for i, g in zip(dense_idx, reduced):
             out[i] = g * tf.cast(post, g.dtype) if weighted else g
         for k, (i, g) in enumerate(zip(sparse_idx, sparse)):
-            if weighted:
-                g = tf.IndexedSlices(g.values * tf.cast(count, g.values.dtype), g.indices, g.dense_shape)
-            r = _hvd.allreduce_sparse(g, op=op, name=f"hvdagent_sparse_{k}")
+            r = _hvd.allreduce_sparse(g, op=op, name=f"hvdagent_sparse{self.tag}_{k}")
             if weighted:
                 r = tf.IndexedSlices(r.values / tf.cast(total, r.values.dtype), r.indices, r.dense_shape)
             out[i] = r
@@ -155,7 +193,7 @@ class GradientSync:
             return
         import tensorflow as tf
 
-        averaged = _hvd.allreduce([tf.convert_to_tensor(v) for v in variables], op="average", name="hvdagent_local_sgd")
+        averaged = _hvd.allreduce([tf.convert_to_tensor(v) for v in variables], op="average", name=f"hvdagent_local_sgd{self.tag}")
         for v, a in zip(variables, averaged):
             v.assign(a)
 
@@ -172,12 +210,22 @@ class GradientSync:
 
         opts = self.options
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        if opts.sync_every > 1 and _hvd.size() > 1:
-            self._apply_local_sgd(grads, variables, apply_fn, step)
-        elif opts.backward_passes_per_step == 1:
-            apply_fn(self.reduce(grads), variables)
-        else:
-            self._accumulate(grads, variables, apply_fn)
+        with self._active():
+            if opts.sync_every > 1 and _hvd.size() > 1:
+                self._apply_local_sgd(grads, variables, apply_fn, step)
+            elif opts.backward_passes_per_step == 1:
+                apply_fn(self.reduce(grads), variables)
+            else:
+                self._accumulate(grads, variables, apply_fn)
+
+    @contextlib.contextmanager
+    def _active(self):
+        outer = applying()
+        _ACTIVE.sync = self
+        try:
+            yield
+        finally:
+            _ACTIVE.sync = outer
 
     def _apply_local_sgd(self, grads, variables, apply_fn, step) -> None:
         import tensorflow as tf
@@ -191,7 +239,8 @@ class GradientSync:
             return tf.constant(True)
 
         def local_step():
-            apply_fn(grads, variables)
+            has_data = tf.cast(self._batch_size() > 0, tf.float32)
+            apply_fn([_weighted(g, has_data) for g in grads], variables)
             return tf.constant(True)
 
         tf.cond(local, local_step, every_step)
@@ -209,9 +258,9 @@ class GradientSync:
     def _accumulate(self, grads, variables, apply_fn) -> None:
         import tensorflow as tf
 
-        count = self._count if self._count is not None else tf.constant(1.0)
+        count = self._batch_size()
         for acc, g in zip(self._accumulators, grads):
-            acc.assign_add(tf.convert_to_tensor(g) * tf.cast(count, acc.dtype))
+            acc.assign_add(_weighted(tf.convert_to_tensor(g), count))
         self._acc_count.assign_add(count)
         self._passes.assign_add(1)
 

@@ -30,9 +30,10 @@ class Parts:
     schedule: Schedule
 
     @classmethod
-    def create(cls, options: SyncOptions) -> "Parts":
+    def create(cls, options: SyncOptions, tag: str = "") -> "Parts":
+        """New parts; ``tag`` names this optimizer's collectives (see :class:`GradientSync`)."""
         schedule = Schedule()
-        return cls(GradientSync(options, schedule), LRScale(schedule), schedule)
+        return cls(GradientSync(options, schedule, tag=tag), LRScale(schedule), schedule)
 
     def build(self, variables) -> None:
         """Create the variables of the sync and the schedule (outside any ``tf.function``)."""

@@ -25,6 +25,7 @@ from typing import Dict, List
 import keras
 
 from hvdagent import _hvd
+from hvdagent._sync.optimizer import distributed_optimizers
 from hvdagent._sync.parts import parts_of
 from hvdagent._runtime import validate
 
@@ -70,10 +71,11 @@ class SyncProfiler(keras.callbacks.Callback):
         validate.one_of("verbose", validate.integer("verbose", verbose, minimum=0), (0, 1))
         self.verbose = verbose
         self.history: List[Dict[str, float]] = []
-        self._sync = None
+        self._syncs = []
         self._start = None
 
-    def _sync_of_model(self):
+    def _syncs_of_model(self):
+        """The gradient syncs of every distributed optimizer the model holds (a GAN has two)."""
         parts = parts_of(getattr(self.model, "optimizer", None))
         if parts is None:
             raise ValueError(
@@ -81,18 +83,22 @@ class SyncProfiler(keras.callbacks.Callback):
                 "DistributedAgent.fit, or compile with hvdagent.DistributedOptimizer). "
                 f"Received: model.optimizer={getattr(self.model, 'optimizer', None)!r}"
             )
-        return parts.sync
+        return [parts_of(opt).sync for opt in distributed_optimizers(self.model)]
 
     def on_train_begin(self, logs=None):
-        self._sync = self._sync_of_model()
+        self._syncs = self._syncs_of_model()
+
+    def _timing(self):
+        timings = [sync.timing(reset=True) for sync in self._syncs]
+        return sum(t[0] for t in timings), sum(t[1] for t in timings)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._sync.timing(reset=True)
+        self._timing()
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         wall = time.perf_counter() - self._start
-        sync, calls = self._sync.timing(reset=True)
+        sync, calls = self._timing()
         record = {
             "epoch": int(epoch),
             "wall_time": wall,

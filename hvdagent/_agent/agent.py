@@ -149,7 +149,8 @@ class DistributedAgent:
         (save every epoch on rank 0, atomically, and resume from there),
         ``elastic`` and ``batches_per_commit`` (keep training while workers
         leave or join under ``horovodrun --min-np/--max-np``), ``profile``
-        (compute vs sync time per epoch, see :class:`hvdagent.SyncProfiler`).
+        (compute vs sync time per epoch, then the predicted best way to sync on this network: see
+        :class:`hvdagent.SyncProfiler` and ``python -m hvdagent advise``).
 
         Returns:
             The ``History``: exact global metrics, the same on every rank.

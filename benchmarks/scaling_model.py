@@ -32,10 +32,21 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-# The alpha-beta maths lives in the package (``python -m hvdagent advise`` uses it too).
-from hvdagent._sync.cost_model import fit, ring_allreduce_s  # noqa: E402,F401
+
+def _cost_model():
+    """The package's alpha-beta maths (``python -m hvdagent advise`` uses it too), loaded
+    from its file: importing ``hvdagent`` would start TensorFlow, which the tables do not need."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hvdagent_cost_model", HERE.parent / "hvdagent" / "_sync" / "cost_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_COST = _cost_model()
+fit, ring_allreduce_s = _COST.fit, _COST.ring_allreduce_s
 BENCH_PARAMS = 225_034  # the conv net of _workload.py (tests check it against Keras)
 RESNET50_PARAMS = 25_000_000  # "a 25M-parameter model": ResNet-50 has 25.6M
 RANKS = (2, 4, 8, 16, 32, 64, 128, 256, 512)

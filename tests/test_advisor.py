@@ -91,7 +91,16 @@ def test_command_line_with_a_given_link(tmp_path):
     assert slow.returncode == 0, slow.stderr[-3000:]
     assert "Link (given, not measured, 2 ranks): alpha 500 us per ring step, bandwidth 0.100 Gbit/s" in slow.stdout
     assert "compute 20.0 ms per step" in slow.stdout and "is predicted" in slow.stdout
-    none = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert none.returncode != 0 and "advise: measuring the link needs the job's ranks" in none.stderr
-    half = subprocess.run(cmd + ["--gbits", "1"], capture_output=True, text=True, timeout=300, env=env)
-    assert half.returncode != 0 and "give both --alpha-us and --gbits" in half.stderr
+    # Wrong use, in this process (no launcher: one rank, no link to measure).
+    from hvdagent.__main__ import main
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(SystemExit, match="advise: measuring the link needs the job's ranks: run under the launcher"):
+            main(["advise", "--model", "mymodel:build", "--step-ms", "20"])
+        with pytest.raises(SystemExit, match="give both --alpha-us and --gbits"):
+            main(["advise", "--model", "mymodel:build", "--step-ms", "20", "--gbits", "1"])
+        with pytest.raises(SystemExit, match="give --batch-size .* or --step-ms"):
+            main(["advise", "--model", "mymodel:build"])
+    finally:
+        sys.path.remove(str(tmp_path))

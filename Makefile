@@ -3,13 +3,15 @@
 #   make demo          the main job on one process
 #   make demo NP=2     the same job on 2 processes (horovodrun --gloo -np 2)
 #   make test          the whole test suite (what CI runs)
-#   make bench         the benchmark of docs/benchmarks.md, both controllers (~15 minutes,
-#                      on a quiet machine: it refuses to start on a busy one)
+#   make bench         the benchmarks of docs/benchmarks.md: both controllers (~15 minutes), then,
+#                      as root, the communication-bound one between shaped hosts (~25 minutes);
+#                      on a quiet machine: each refuses to start on a busy one
 #   make bench-quick   a tiny benchmark run: checks the tooling, not the speed (~2 minutes)
+#   make bench-comm    the communication-bound benchmark alone (root; ~25 minutes)
 PY := .venv/bin/python
 NP ?= 1
 
-.PHONY: setup demo test doctor bench bench-quick bench-report
+.PHONY: setup demo test doctor bench bench-quick bench-comm bench-report
 
 setup:
 	bash ci/setup.sh
@@ -30,6 +32,11 @@ doctor: setup
 # The tables are regenerated whatever the run's exit status (a refused run adds nothing).
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --allreduce-hosts --history docs/bench/history; rc=$$?; \
+	  OMP_NUM_THREADS=1 $(PY) benchmarks/comm.py --history docs/bench/comm --plots docs/bench; rc2=$$?; \
+	  $(PY) benchmarks/report.py --write docs/benchmarks.md && [ $$rc = 0 ] && exit $$rc2
+
+bench-comm: setup
+	OMP_NUM_THREADS=1 $(PY) benchmarks/comm.py --history docs/bench/comm --plots docs/bench; rc=$$?; \
 	  $(PY) benchmarks/report.py --write docs/benchmarks.md && exit $$rc
 
 bench-quick: setup

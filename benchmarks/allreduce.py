@@ -43,6 +43,33 @@ def memcpy_gbs(nbytes: int, iters: int) -> float:
     return nbytes / statistics.median(times) / 1e9
 
 
+def measure(hvd, max_bytes: int, iters: int = 0) -> list:
+    """Rows ``{"bytes", "iters", "latency_ms", "busbw_gbs", "memcpy_gbs"}``, one
+    per size, on every rank (``hvd``: ``horovod.tensorflow``, initialised)."""
+    import tensorflow as tf
+
+    n = hvd.size()
+    rows = []
+    for nbytes in sizes(max_bytes):
+        k = iters or max(5, min(200, int(3e8 / nbytes)))
+        x = tf.ones([nbytes // 4], tf.float32)
+        for _ in range(3):  # warm-up: negotiation, response cache, buffers
+            hvd.allreduce(x, op=hvd.Sum, name=f"ar_{nbytes}").numpy()
+        times = []
+        for _ in range(k):
+            t = time.perf_counter()
+            hvd.allreduce(x, op=hvd.Sum, name=f"ar_{nbytes}").numpy()
+            times.append(time.perf_counter() - t)
+        # Every rank must agree on when a size is done; rank 0's view is reported.
+        lat = statistics.median(times)
+        rows.append({
+            "bytes": nbytes, "iters": k, "latency_ms": 1e3 * lat,
+            "busbw_gbs": 2 * (n - 1) / n * nbytes / lat / 1e9,
+            "memcpy_gbs": memcpy_gbs(nbytes, min(k, 50)),
+        })
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -55,27 +82,9 @@ def main(argv=None):
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     hvd.init()
-    n = hvd.size()
-    rows = []
-    for nbytes in sizes(args.max_bytes):
-        iters = args.iters or max(5, min(200, int(3e8 / nbytes)))
-        x = tf.ones([nbytes // 4], tf.float32)
-        for _ in range(3):  # warm-up: negotiation, response cache, buffers
-            hvd.allreduce(x, op=hvd.Sum, name=f"ar_{nbytes}").numpy()
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            hvd.allreduce(x, op=hvd.Sum, name=f"ar_{nbytes}").numpy()
-            times.append(time.perf_counter() - t)
-        # Every rank must agree on when a size is done; rank 0's view is reported.
-        lat = statistics.median(times)
-        rows.append({
-            "bytes": nbytes, "iters": iters, "latency_ms": 1e3 * lat,
-            "busbw_gbs": 2 * (n - 1) / n * nbytes / lat / 1e9,
-            "memcpy_gbs": memcpy_gbs(nbytes, min(iters, 50)),
-        })
+    rows = measure(hvd, args.max_bytes, args.iters)
     if hvd.rank() == 0:
-        meta = {"size": n, "controller": "mpi" if hvd.mpi_enabled() and os.environ.get("OMPI_COMM_WORLD_RANK") else "gloo",
+        meta = {"size": hvd.size(), "controller": "mpi" if hvd.mpi_enabled() and os.environ.get("OMPI_COMM_WORLD_RANK") else "gloo",
                 "env": {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_CYCLE", "HOROVOD_FUSION"))}}
         with open(args.out, "w") as f:
             json.dump({**meta, "rows": rows}, f, indent=1)

@@ -4,11 +4,12 @@
     python benchmarks/report.py --check docs/benchmarks.md   # exit 1 if they are out of date
     python benchmarks/report.py --run bench-results/bench.json   # one run's tables
 
-Two sections of docs/benchmarks.md are generated, each between
+Three sections of docs/benchmarks.md are generated, each between
 ``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->``:
-``model`` (the scaling model, from the newest valid run) and ``history``
+``model`` (the scaling model, from the newest valid run), ``history``
 (every run in docs/bench/history, one section per machine, newest first,
-runs taken on a busy machine marked invalid).
+runs taken on a busy machine marked invalid) and ``comm`` (the
+communication-bound benchmark, ``benchmarks/comm.py``, from docs/bench/comm).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import _stats  # noqa: E402
 import scaling_model  # noqa: E402
 
 HISTORY = HERE.parent / "docs" / "bench" / "history"
+COMM_HISTORY = HERE.parent / "docs" / "bench" / "comm"
 ROWS = ("single", "mwms", "hvdagent", "horovod", "nosync", "localsgd")
 RATIOS = ("hvdagent / horovod", "hvdagent / mwms", "sync overhead", "localsgd / nosync", "localsgd / hvdagent",
           "hvdagent / single", "nosync / single", "peak RSS hvdagent / horovod")
@@ -215,9 +217,12 @@ def model_section(runs: list) -> str:
     return head + ".\n\n" + scaling_model.render(base)
 
 
-def generated(history=HISTORY) -> dict:
+def generated(history=HISTORY, comm_history=COMM_HISTORY) -> dict:
+    import comm_report
+
     runs = _history.load(history)
-    return {"model": model_section(runs), "history": history_section(runs)}
+    return {"model": model_section(runs), "history": history_section(runs),
+            "comm": comm_report.history_section(_history.load(comm_history))}
 
 
 def replace_blocks(text: str, blocks: dict) -> str:

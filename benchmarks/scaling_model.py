@@ -32,6 +32,21 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def _cost_model():
+    """The package's alpha-beta maths (``python -m hvdagent advise`` uses it too), loaded
+    from its file: importing ``hvdagent`` would start TensorFlow, which the tables do not need."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hvdagent_cost_model", HERE.parent / "hvdagent" / "_sync" / "cost_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_COST = _cost_model()
+fit, ring_allreduce_s = _COST.fit, _COST.ring_allreduce_s
 BENCH_PARAMS = 225_034  # the conv net of _workload.py (tests check it against Keras)
 RESNET50_PARAMS = 25_000_000  # "a 25M-parameter model": ResNet-50 has 25.6M
 RANKS = (2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -51,14 +66,6 @@ def gbit_to_bytes_per_s(gbits: float) -> float:
     return gbits * 1e9 / 8
 
 
-def ring_allreduce_s(p: int, nbytes: float, alpha_s: float, bandwidth: float) -> float:
-    """Seconds for a ring allreduce of ``nbytes`` over ``p`` ranks (0 for ``p = 1``)."""
-    if p < 1 or nbytes < 0 or alpha_s < 0 or bandwidth <= 0:
-        raise ValueError(f"need p >= 1, nbytes >= 0, alpha_s >= 0, bandwidth > 0. "
-                         f"Received: p={p}, nbytes={nbytes}, alpha_s={alpha_s}, bandwidth={bandwidth}")
-    return 2 * (p - 1) * alpha_s + 2 * (p - 1) / p * nbytes / bandwidth
-
-
 def efficiency(p: int, compute_s: float, nbytes: float, alpha_s: float, bandwidth: float,
                sync_every: int = 1) -> float:
     """Scaling efficiency ``c / (c + T(p, n) / sync_every)``."""
@@ -66,30 +73,6 @@ def efficiency(p: int, compute_s: float, nbytes: float, alpha_s: float, bandwidt
         raise ValueError(f"need compute_s > 0 and sync_every >= 1. Received: compute_s={compute_s}, "
                          f"sync_every={sync_every}")
     return compute_s / (compute_s + ring_allreduce_s(p, nbytes, alpha_s, bandwidth) / sync_every)
-
-
-def fit(rows: list, p: int = 2) -> tuple:
-    """``(alpha_s, bandwidth_bytes_per_s)`` from microbenchmark rows
-    (``{"bytes", "latency_ms"}``) measured on ``p`` ranks.
-
-    Fits ``latency = a + b * x`` with ``x = 2 (p-1)/p * bytes`` by least
-    squares on the relative error (weights ``1 / latency**2``); then
-    ``alpha = a / (2 (p-1))`` and ``bandwidth = 1 / b``.
-    """
-    pts = [(2 * (p - 1) / p * r["bytes"], r["latency_ms"] / 1e3) for r in rows]
-    if len(pts) < 2 or p < 2:
-        raise ValueError(f"need 2 or more sizes on 2 or more ranks. Received: {len(pts)} sizes, p={p}")
-    w = [1 / y**2 for _, y in pts]
-    sw = sum(w)
-    mx = sum(wi * x for wi, (x, _) in zip(w, pts)) / sw
-    my = sum(wi * y for wi, (_, y) in zip(w, pts)) / sw
-    sxx = sum(wi * (x - mx) ** 2 for wi, (x, _) in zip(w, pts))
-    sxy = sum(wi * (x - mx) * (y - my) for wi, (x, y) in zip(w, pts))
-    b = sxy / sxx
-    a = my - b * mx
-    if b <= 0:
-        raise ValueError(f"latency does not grow with message size in these rows; no bandwidth to fit. Received: {rows}")
-    return max(a, 0.0) / (2 * (p - 1)), 1 / b
 
 
 def fits(report: dict) -> dict:

@@ -11,6 +11,9 @@
 #   ci/hosts.sh run N -- CMD  up N, run CMD, down (also on failure and Ctrl-C)
 #   ci/hosts.sh kill I        kill every process of host I except its sshd
 #   ci/hosts.sh cut I | heal I   take host I's network link down / up again
+#   ci/hosts.sh shape RATE    limit every host's link to RATE in both directions
+#                             (100mbit, 1gbit, 2.5gbit...: tc's units); `shape off`
+#                             removes the limit, and so does `down`
 #
 # Layout (SUBNET is the first free one of 10.213.37.0/24 ... 10.213.44.0/24):
 #   launcher (this machine's namespace): bridge "hvd0", SUBNET.1
@@ -20,6 +23,12 @@
 #           sshd on SUBNET.(10+I):22, key-only root login.
 # The same interface name everywhere lets `--network-interface hvd0` name an
 # existing interface on the launcher and on every host.
+#
+# Shaping is a token bucket (tc qdisc tbf) on both ends of every host's veth:
+# the end in the host's namespace limits what the host sends, the end on the
+# bridge what it receives. Bucket: 2 ms of RATE (at least 15 kB), queue: 50 ms
+# (a bulk TCP transfer then carries about 95% of RATE). Bandwidth only: tc's
+# netem (delay, loss) is not used (not every kernel has it).
 #
 # Nothing outside the state directory (default /tmp/hvdagent-hosts, or
 # HVDAGENT_HOSTS_DIR) is written, except the namespaces, links and
@@ -237,6 +246,37 @@ EOF
   say "up: $n host(s) $names on $subnet.0/24, interface $IFACE; run: eval \"\$(ci/hosts.sh env)\""
 }
 
+shape() {  # $1 = RATE (tc units: 100mbit, 1gbit...) or "off"
+  local rate=${1:-} burst ns i
+  need_root
+  command -v tc >/dev/null 2>&1 || die "tc (iproute2) is missing: bash ci/setup.sh installs it"
+  [ -n "$(our_namespaces)" ] || die "no test bed to shape (ci/hosts.sh up N first)"
+  # The links are shared by whoever uses the test bed: only its owner shapes them.
+  if owner_alive && [ "${HVDAGENT_HOSTS_OWNER:-}" != "$(cat "$STATE/owner")" ]; then
+    die "the test bed belongs to live process $(cat "$STATE/owner"): shape only your own (inside 'ci/hosts.sh run N -- CMD', or with HVDAGENT_HOSTS_OWNER set to the owner given to 'up')"
+  fi
+  if [ "$rate" != off ]; then
+    burst=$(printf '%s\n' "$rate" | awk '
+      /^[0-9]+(\.[0-9]+)?(kbit|mbit|gbit)$/ {
+        n = $0; sub(/[a-z]+$/, "", n); u = $0; sub(/^[0-9.]+/, "", u)
+        bps = n * (u == "kbit" ? 1e3 : u == "mbit" ? 1e6 : 1e9)
+        b = bps / 8 * 0.002; if (b < 15000) b = 15000; printf "%d", b; exit }')
+    [ -n "$burst" ] && [ "$burst" != 0 ] || die "shape takes a rate such as 100mbit, 1gbit or 2.5gbit, or off. Received: ${rate:-(nothing)}"
+  fi
+  for ns in $(our_namespaces); do
+    i=${ns#$NS_PREFIX}
+    if [ "$rate" = off ]; then
+      tc qdisc del dev "$VETH_PREFIX$i" root 2>/dev/null || true
+      ip netns exec "$ns" tc qdisc del dev "$IFACE" root 2>/dev/null || true
+    else
+      tc qdisc replace dev "$VETH_PREFIX$i" root tbf rate "$rate" burst "$burst" latency 50ms
+      ip netns exec "$ns" tc qdisc replace dev "$IFACE" root tbf rate "$rate" burst "$burst" latency 50ms
+    fi
+  done
+  if [ "$rate" = off ]; then rm -f "$STATE/shape"; else echo "$rate" > "$STATE/shape"; fi
+  say "shape: $([ "$rate" = off ] && echo "links unlimited" || echo "every host's link limited to $rate each way (burst $burst bytes)")"
+}
+
 host_ns() {
   case "${1:-}" in ''|*[!0-9]*) die "expected a host number. Received: ${1:-}";; esac
   ip netns list | awk '{print $1}' | grep -qx "$NS_PREFIX$1" || die "no host $1 (ci/hosts.sh status)"
@@ -251,10 +291,11 @@ case "$cmd" in
   env) [ -f "$STATE/env" ] || die "no test bed (ci/hosts.sh up N)"; cat "$STATE/env" ;;
   status)
     left=$(leftovers)
-    if [ -z "$left" ]; then echo "no test bed"; else echo "test bed:$left"; for ns in $(our_namespaces); do echo "$ns pids: $(ip netns pids "$ns" | tr '\n' ' ')"; done; fi ;;
+    if [ -z "$left" ]; then echo "no test bed"; else echo "test bed:$left"; [ -f "$STATE/shape" ] && echo "links limited to $(cat "$STATE/shape") each way"; for ns in $(our_namespaces); do echo "$ns pids: $(ip netns pids "$ns" | tr '\n' ' ')"; done; fi ;;
   kill) ns=$(host_ns "${1:-}"); kill_host_processes "$ns" keep-sshd ;;
   cut) host_ns "${1:-}" >/dev/null; ip link set "$VETH_PREFIX$1" down ;;
   heal) host_ns "${1:-}" >/dev/null; ip link set "$VETH_PREFIX$1" up ;;
+  shape) shape "${1:-}" ;;
   run)
     n=${1:-2}; shift || true
     [ "${1:-}" = "--" ] && shift
@@ -266,5 +307,5 @@ case "$cmd" in
     # shellcheck disable=SC1091
     . "$STATE/env"
     "$@" ;;
-  *) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || exit 2 ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; [ -z "$cmd" ] || [ "$cmd" = help ] || exit 2 ;;
 esac

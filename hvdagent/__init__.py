@@ -23,6 +23,7 @@ from hvdagent._data.shard import align_random_seeds as _align_random_seeds, shar
 from hvdagent._launch.api import LaunchError, LaunchTimeoutError, launch  # noqa: E402
 from hvdagent._runtime.process import init, is_chief, local_rank, local_size, rank, size  # noqa: E402
 from hvdagent._sync.batchnorm import SyncBatchNormalization  # noqa: E402
+from hvdagent._sync.powersgd import PowerSGD  # noqa: E402
 from hvdagent._sync.profiler import SyncProfiler  # noqa: E402
 from hvdagent._sync.replicas import ReplicaDivergenceError  # noqa: E402
 from hvdagent._watchdog.pause import paused as watchdog_paused  # noqa: E402
@@ -71,6 +72,7 @@ __all__ = [
     "is_chief",
     "DistributedAgent",
     "DistributedOptimizer",
+    "PowerSGD",
     "shard_dataset",
     "SyncProfiler",
     "watchdog_paused",

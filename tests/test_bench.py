@@ -264,3 +264,43 @@ def test_levers_table_lists_every_run_in_repeat_order():
     assert lines[4] == "| base | hvdagent, gloo | 1,000, 2,000 | 1,500 | 1.00 | 0.25 |"
     assert lines[5] == "| bind | hvdagent, gloo, HVDAGENT_BIND=cores | failed | | | |"
     assert levers.describe("localsgd8-cycle5") == 'localsgd, gloo, HOROVOD_CYCLE_TIME=5, {"sync_every": 8}'
+
+
+def test_comm_report_ratios_best_method_targets_and_model_check():
+    import comm_report
+
+    def phase(rate, sps, acc=None, epochs=20):
+        rows = [{"bytes": b, "latency_ms": 1e3 * (2e-3 + b / 12.5e6)} for b in (4096, 65536, 1 << 20, 4 << 20)]
+        return {"rate": rate, "accuracy_run": acc is not None, "params": 4_349_962, "allreduce": rows,
+                "compress_s": {"powersgd1": 0.01},
+                "results": {n: {"samples_per_s": v, "steps": 24, "elapsed_s": 24 * 128 / v,
+                                "sent_bytes_per_step": 1.0, "replicas_identical": True,
+                                "test_accuracy": (acc or {}).get(n, 0.0), "test_loss": 0.1, "epochs": []}
+                            for n, v in sps.items()}}
+
+    acc = {"fp32": 0.97, "powersgd1": 0.95, "powersgd2": 0.968, "localsgd8": 0.97, "horovod": 0.97, "nosync": 0.9}
+    rep = {"settings": {"hidden": 2048, "batch": 64, "epochs": 20, "powersgd_start_epochs": 2, "shaped_epochs": 3},
+           "machine": {"cpu": "X", "cores": 2}, "started": "2026-12-03 00:00:00", "validity": {"valid": True},
+           "phases": {"off": phase("off", {"fp32": 1000, "powersgd1": 1300, "powersgd2": 950, "localsgd8": 1200,
+                                           "horovod": 1010, "nosync": 1400}, acc),
+                      "100mbit": phase("100mbit", {"fp32": 100, "powersgd1": 1200, "powersgd2": 1100,
+                                                   "localsgd8": 600, "horovod": 100, "nosync": 1400})}}
+    comm_report.analyse(rep)
+    # powersgd1 is the fastest on 100 Mbit/s but 2 points less accurate: the best is powersgd2.
+    assert comm_report.best(rep, "100mbit") == "powersgd2"
+    assert rep["accuracy"]["powersgd1"]["points_vs_fp32"] == pytest.approx(-2.0)
+    t = {(x["rate"], x["what"]): x for x in rep["targets"]}
+    assert t[("100mbit", "best / nosync")]["value"] == pytest.approx(1100 / 1400) and not t[("100mbit", "best / nosync")]["met"]
+    assert t[("100mbit", "best / fp32")]["value"] == pytest.approx(11.0) and t[("100mbit", "best / fp32")]["met"]
+    assert t[("off", "fp32 / horovod")]["value"] == pytest.approx(1000 / 1010) and t[("off", "fp32 / horovod")]["met"]
+    assert t[("off", "powersgd / fp32 when it does not help")]["who"] == "powersgd2"
+    assert t[("off", "powersgd / fp32 when it does not help")]["value"] == pytest.approx(0.95)
+    assert ("1gbit", "best / nosync") not in t  # not run: no verdict invented
+    # The model: no-sync step + alpha-beta sync (+ PowerSGD's measured arithmetic), from the link's own fit.
+    r = rep["phases"]["100mbit"]
+    assert r["fit"]["alpha_s"] == pytest.approx(1e-3) and r["fit"]["bandwidth"] == pytest.approx(12.5e6)
+    p1 = r["results"]["powersgd1"]
+    assert p1["predicted_step_s"] == pytest.approx(128 / 1400 + 4e-3 + p1["model_sent_bytes"] / 12.5e6 + 0.01)
+    text = comm_report.section(rep)
+    assert "| PowerSGD rank 2 | 1,100 | 0.79 | 11.00 |" in text and "powersgd / fp32 when it does not help" in text
+    assert "PowerSGD's arithmetic per step, measured on one rank: rank 1 10.0 ms" in text

@@ -322,3 +322,78 @@ def test_elastic_host_leaves_or_joins(hosts, tmp_path, how):
         assert {r["iterations"] for r in results} == {2 * (160 // 16) + 3 * (160 // 32)}
     assert {r["epochs_logged"] for r in results} == {5}
     assert len({r["digest"] for r in results}) == 1
+
+
+_RECEIVER = """
+import socket, sys, time
+s = socket.socket()
+s.bind((sys.argv[1], 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+n, first = 0, None
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    first = first or time.perf_counter()
+    n += len(b)
+print(n, time.perf_counter() - first, flush=True)
+"""
+
+_SENDER = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+buf, left = bytes(1 << 16), int(sys.argv[3])
+while left > 0:
+    c.sendall(buf[:left])
+    left -= len(buf)
+c.close()
+"""
+
+
+def _transfer_mbit(src: int, dst: int, addr: str, nbytes: int) -> float:
+    """Send ``nbytes`` over TCP from host ``src`` to host ``dst``; the rate the receiver saw (Mbit/s)."""
+    recv = subprocess.Popen(["ip", "netns", "exec", f"hvdagent-h{dst}", sys.executable, "-c", _RECEIVER, addr],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = recv.stdout.readline().strip()
+        subprocess.run(["ip", "netns", "exec", f"hvdagent-h{src}", sys.executable, "-c", _SENDER, addr, port,
+                        str(nbytes)], check=True, timeout=120)
+        got, seconds = recv.stdout.readline().split()
+    finally:
+        recv.kill()
+        recv.wait()
+    assert int(got) == nbytes
+    return int(got) * 8 / float(seconds) / 1e6
+
+
+def test_shaped_links_carry_their_rate_both_ways(hosts):
+    """`ci/hosts.sh shape RATE` limits every host's link in both directions; `shape off` lifts it."""
+    subnet = hosts.env["HVDAGENT_HOSTS_SUBNET"]
+    h1, h2 = f"{subnet}.11", f"{subnet}.12"
+
+    def sh(*args):
+        return subprocess.run(["bash", str(HOSTS_SH), *args], capture_output=True, text=True, timeout=60,
+                              env=hosts.env)
+
+    try:
+        for rate, mbit in (("40mbit", 40), ("200mbit", 200)):
+            assert sh("shape", rate).returncode == 0
+            assert f"limited to {rate}" in sh("status").stdout
+            for src, dst, addr in ((1, 2, h2), (2, 1, h1)):
+                # About a second of traffic: the 2 ms token bucket is noise, TCP's ramp-up too.
+                got = _transfer_mbit(src, dst, addr, nbytes=mbit * 125_000)
+                assert 0.8 * mbit <= got <= 1.05 * mbit, (rate, src, dst, got)
+        # Refused for a test bed another live process owns, and for a rate tc would not read.
+        bad = sh("shape", "fast")
+        assert bad.returncode != 0 and "Received: fast" in bad.stderr
+        foreign = subprocess.run(["bash", str(HOSTS_SH), "shape", "1gbit"], capture_output=True, text=True,
+                                 timeout=60, env=dict(hosts.env, HVDAGENT_HOSTS_OWNER="1"))
+        assert foreign.returncode != 0 and "belongs to live process" in foreign.stderr
+    finally:
+        assert sh("shape", "off").returncode == 0
+    assert "limited" not in sh("status").stdout
+    tc = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
+    assert "tbf" not in tc
+    assert _transfer_mbit(1, 2, h2, nbytes=50_000_000) > 1000  # unshaped veth: several Gbit/s

@@ -34,7 +34,7 @@ def test_public_api_is_small_and_explicit():
     assert sorted(hvdagent.__all__) == sorted([
         "__version__", "init", "rank", "size", "local_rank", "local_size", "is_chief",
         "DistributedAgent", "DistributedOptimizer", "shard_dataset", "launch", "LaunchError", "LaunchTimeoutError",
-        "HorovodUnavailableError", "ReplicaDivergenceError", "SyncProfiler", "SyncBatchNormalization", "watchdog_paused",
+        "HorovodUnavailableError", "ReplicaDivergenceError", "PowerSGD", "SyncProfiler", "SyncBatchNormalization", "watchdog_paused",
         # Horovod's horovod.tensorflow.keras names (import hvdagent as hvd)
         "shutdown", "is_initialized", "cross_rank", "cross_size", "mpi_built", "gloo_built", "nccl_built",
         "mpi_enabled", "gloo_enabled", "Compression", "Average", "Sum", "Adasum", "allreduce", "allgather",

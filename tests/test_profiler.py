@@ -104,9 +104,10 @@ WORKER = textwrap.dedent('''
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
     agent = hvdagent.DistributedAgent(model, scale_lr=False)
     agent.compile(keras.optimizers.SGD(0.01), loss="mse")
-    prof = SyncProfiler()
+    prof = SyncProfiler(advise=True)
     hist = agent.fit(np.ones((40, 4)), np.ones((40, 1)), batch_size=4, epochs=2, verbose=0, callbacks=[prof])
     out["profile"] = prof.history
+    out["advice"] = prof.advice
     out["history"] = {k: hist.history[k] for k in ("sync_time", "compute_time", "sync_fraction")}
 
     # The reduction is weighted by each rank's count.
@@ -135,3 +136,21 @@ def test_two_ranks_profile_and_weighted_reduction(tmp_path):
         np.testing.assert_allclose(r["weighted"][0], expect[0], rtol=1e-6)
         np.testing.assert_allclose(r["weighted"][1], expect[1], rtol=1e-6)
     assert proc.stdout.count("sync profile") == 2  # rank 0 only, one line per epoch
+    # advise=True: at the end the link is measured and the prediction printed once (rank 0), the same on both.
+    from hvdagent._sync import cost_model
+
+    a = r0["advice"]
+    assert a == r1["advice"]  # rank 0's measurements and prediction, given to every rank
+    assert proc.stdout.count("A prediction of the alpha-beta model") == 1 and a["verdict"] in proc.stdout
+    assert a["link_measured"] and a["p"] == 2 and a["params"] == 4 * 3 + 3 + 3 + 1
+    assert (a["alpha_s"], a["bandwidth"]) == pytest.approx(cost_model.fit(a["link_rows"], 2))
+    assert [row["bytes"] for row in a["link_rows"]][:2] == [4096, 16384] and all(
+        row["latency_ms"] > 0 for row in a["link_rows"])
+    timed = r0["profile"][1]  # the compute time per step the profiler measured in epoch 2
+    assert a["compute_s"] == pytest.approx(timed["compute_time"] / timed["steps"])
+    shapes = [(4, 3), (3,), (3, 1), (1,)]
+    for row in a["rows"]:  # every figure is the model's, from these measured inputs
+        assert row["sync_s"] == pytest.approx(cost_model.sync_seconds(
+            row["method"], shapes, 2, a["alpha_s"], a["bandwidth"], a["compress_s"].get(row["method"], 0.0)))
+    assert [row["step_s"] for row in a["rows"]] == sorted(row["step_s"] for row in a["rows"])
+    assert a["compress_s"] == {"powersgd1": 0.0, "powersgd2": 0.0, "powersgd4": 0.0}  # nothing worth compressing

@@ -42,7 +42,9 @@ class DistributedAgent:
             the rate you gave: saved files hold it. ``False``: no scaling.
         warmup_epochs: with ``scale_lr``, reach the scaled rate linearly over
             this many epochs (default 0: scaled from the first step).
-        compression: ``None``, ``"fp16"`` or ``"bf16"`` (default None).
+        compression: ``None`` (default), ``"fp16"`` or ``"bf16"`` (the type
+            gradients travel in), or ``hvdagent.PowerSGD(rank=..., start_step=...)``
+            (low-rank compression with error feedback, for slow networks).
         backward_passes_per_step: batches accumulated per update (default 1).
         op: ``"average"`` (default), ``"sum"`` or ``"adasum"``.
         sparse_as_dense: reduce sparse gradients as dense (default False).
@@ -87,7 +89,7 @@ class DistributedAgent:
     """
 
     def __init__(self, model: Any, scale_lr: bool = True, warmup_epochs: float = 0,
-                 compression: Optional[str] = None, backward_passes_per_step: int = 1, op: str = "average",
+                 compression: Any = None, backward_passes_per_step: int = 1, op: str = "average",
                  sparse_as_dense: bool = False, gradient_predivide_factor: float = 1.0,
                  stall_timeout: Optional[float] = 600.0, sync_every: int = 1, local_sgd_warmup_epochs: float = 0,
                  check_replicas: Optional[str] = "end", replica_tolerance: float = 1e-6):
@@ -168,7 +170,8 @@ class DistributedAgent:
         (save every epoch on rank 0, atomically, and resume from there),
         ``elastic`` and ``batches_per_commit`` (keep training while workers
         leave or join under ``horovodrun --min-np/--max-np``), ``profile``
-        (compute vs sync time per epoch, see :class:`hvdagent.SyncProfiler`).
+        (compute vs sync time per epoch, then the predicted best way to sync on this network: see
+        :class:`hvdagent.SyncProfiler` and ``python -m hvdagent advise``).
 
         Returns:
             The ``History``: exact global metrics, the same on every rank.

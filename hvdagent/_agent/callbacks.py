@@ -66,7 +66,7 @@ def for_fit(model, user_callbacks: Optional[Sequence[Any]], *, stall_timeout: Op
     if profile:
         from hvdagent._sync.profiler import SyncProfiler
 
-        out.append(SyncProfiler())
+        out.append(SyncProfiler(advise=True))
     out += rank_filtered(user, _compat.generation(model))
     out.append(SyncStop(user))
     if replica_check is not None:

@@ -11,6 +11,15 @@ epoch depends only on the seed and the epoch number, so a resumed run ends
 with the weights of an uninterrupted one. A checkpoint written with another
 number of ranks resumes the same way (the learning rate is rescaled for the
 new size).
+
+The gradient sync's own state is saved with it: with ``compression=
+PowerSGD(...)``, its warm-start ``Q`` and error buffers. Error buffers are
+per rank; before every save all ranks replace theirs by the average over
+ranks (:meth:`hvdagent._sync.gradients.GradientSync.share_state`, which does
+not change what training does next), so rank 0's file holds the state of
+every rank, on any number of ranks. A checkpoint without that state (written
+without PowerSGD) resumes with PowerSGD's state fresh; one written with a
+different compressor's state is an error.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import keras
 import numpy as np
 
 from hvdagent import _compat, _hvd
+from hvdagent._sync.parts import parts_of
 from hvdagent._watchdog.pause import paused as watchdog_paused
 from hvdagent._runtime.log import get_logger
 
@@ -38,13 +48,28 @@ def _name(v) -> str:
 
 
 def state_variables(model) -> List[Any]:
-    """Model variables (weights and RNG state), then the inner optimizer's."""
+    """Model variables (weights and RNG state), then the inner optimizer's, then
+    the gradient sync's (:func:`sync_variables`)."""
     _compat.build_optimizer(model)
     out = list(model.variables)
     opt = getattr(model, "optimizer", None)
     if opt is not None:
         out += list(opt.variables)  # the distributed optimizer lists the variables of the one it applies through
-    return out
+    return out + sync_variables(model)
+
+
+def sync_variables(model) -> List[Any]:
+    """The gradient sync's saved state (PowerSGD's), the last of :func:`state_variables`."""
+    parts = parts_of(getattr(model, "optimizer", None))
+    return parts.sync.state_variables() if parts is not None else []
+
+
+def share_sync_state(model) -> None:
+    """Make the gradient sync's state the same on every rank before it is saved
+    (a collective: every rank calls it at the same point)."""
+    parts = parts_of(getattr(model, "optimizer", None))
+    if parts is not None:
+        parts.sync.share_state()
 
 
 def snapshot(model) -> List[np.ndarray]:
@@ -52,14 +77,15 @@ def snapshot(model) -> List[np.ndarray]:
     return [np.array(v.numpy()) for v in state_variables(model)]
 
 
-def load_arrays(model, arrays: List[np.ndarray], source: str = "the saved state", names=None) -> None:
-    """Assign :func:`snapshot` arrays back.
+def load_arrays(model, arrays: List[np.ndarray], source: str = "the saved state", names=None,
+                variables=None) -> None:
+    """Assign :func:`snapshot` arrays back (to ``variables``, default :func:`state_variables`).
 
     Raises:
         ValueError: the arrays do not fit the model (another architecture or
             optimizer), naming the first variable that differs.
     """
-    variables = state_variables(model)
+    variables = state_variables(model) if variables is None else variables
     names = names or []
     if len(arrays) != len(variables):
         raise ValueError(
@@ -115,7 +141,8 @@ class Checkpointer:
         return meta
 
     def save(self, model, epochs_done: int) -> None:
-        """Write the state after ``epochs_done`` epochs (rank 0 only; others return)."""
+        """Write the state after ``epochs_done`` epochs (every rank calls it; rank 0 writes)."""
+        share_sync_state(model)
         if _hvd.rank() != 0:
             return
         variables = state_variables(model)
@@ -124,7 +151,7 @@ class Checkpointer:
         data_name = f"ckpt-{epochs_done:06d}.npz"
         self._atomic_write(data_name, lambda f: np.savez(f, **arrays), binary=True)
         meta = {"format": FORMAT, "epoch": epochs_done, "size": _hvd.size(), "file": data_name, "variables": names,
-                "shapes": [list(a.shape) for a in arrays.values()]}
+                "shapes": [list(a.shape) for a in arrays.values()], "sync_variables": len(sync_variables(model))}
         self._atomic_write(LATEST, lambda f: json.dump(meta, f, indent=1), binary=False)
         for old in os.listdir(self.directory):
             if old.startswith("ckpt-") and old.endswith(".npz") and old != data_name:
@@ -152,7 +179,18 @@ class Checkpointer:
         path = os.path.join(self.directory, meta["file"])
         with np.load(path) as data:
             arrays = [data[f"v{i}"] for i in range(len(data.files))]
-        load_arrays(model, arrays, source=f"the checkpoint {path}", names=meta.get("variables"))
+        variables, now = state_variables(model), sync_variables(model)
+        saved = int(meta.get("sync_variables", 0))
+        saved_shapes = [list(x) for x in meta.get("shapes", [])[len(arrays) - saved:]] if saved else []
+        if saved == 0 and now:
+            variables = variables[: len(variables) - len(now)]
+            log.info("checkpoint: %s holds no gradient-compression state; PowerSGD starts fresh", path)
+        elif saved_shapes != [list(v.shape) for v in now]:
+            raise ValueError(
+                f"the checkpoint {path} holds the state of another gradient compression (PowerSGD state of shapes "
+                f"{saved_shapes}; this run's: {[list(v.shape) for v in now]}): resume with the compression it was "
+                f"written with, or use another checkpoint_dir. Received: {len(now)} compression state variables")
+        load_arrays(model, arrays, source=f"the checkpoint {path}", names=meta.get("variables"), variables=variables)
         log.info("checkpoint: resumed from epoch %d (%s, written by %d rank(s))", meta["epoch"], path, meta["size"])
 
 

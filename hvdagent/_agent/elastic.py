@@ -17,7 +17,12 @@ Work since the last commit is redone. With numpy input, a commit inside an
 epoch resumes that epoch at the first sample not yet trained on (the epoch's
 shuffle order is the same on any number of ranks), re-split over the new
 ranks; with a ``tf.data`` input the interrupted epoch starts again. The state,
-like a checkpoint, holds the *unscaled* learning rate.
+like a checkpoint, holds the *unscaled* learning rate, and the gradient
+compression's state (PowerSGD's warm-start ``Q`` and error buffers, the
+latter averaged over the ranks at every commit: every worker, old or new,
+resumes with the same, and the residual of a worker that left is kept). With
+``batches_per_commit`` each commit exchanges those error buffers once, as
+many bytes as the compressed gradients uncompressed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any, Callable, List, Optional
 import keras
 
 from hvdagent import _hvd
-from hvdagent._agent.checkpoint import load_arrays, snapshot
+from hvdagent._agent.checkpoint import load_arrays, share_sync_state, snapshot
 from hvdagent._data import inputs as _inputs
 from hvdagent._runtime import validate as _validate
 from hvdagent._runtime.log import get_logger
@@ -149,6 +154,7 @@ class Commit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.run.end_epoch(epoch, logs)
         self.offset = 0
+        share_sync_state(self.model)  # every rank: the commit then holds every rank's compression state
         self.state.commit()
 
 
@@ -158,4 +164,5 @@ class CommitEveryBatches(Commit):
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.every == 0:
             self.run.reached(self.offset + (batch + 1) * self.per_batch)
+            share_sync_state(self.model)
             self.state.commit()

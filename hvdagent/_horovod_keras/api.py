@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hvdagent import _hvd
 from hvdagent._hvd import keras_api as _keras_api
 from hvdagent._runtime import validate
+from hvdagent._sync.powersgd import PowerSGD
 
 __all__ = [
     "Average",
@@ -111,9 +112,10 @@ class Compression:
 _HOROVOD_COMPRESSORS = {"NoneCompressor": None, "FP16Compressor": "fp16"}
 
 
-def compression_name(compression: Any) -> Optional[str]:
-    """``Compression.x``, ``None``, ``"fp16"`` or ``"bf16"`` -> hvdagent's string form."""
-    if compression is None or compression in ("fp16", "bf16"):
+def compression_name(compression: Any) -> Any:
+    """``Compression.x``, ``None``, ``"fp16"`` or ``"bf16"`` -> hvdagent's string
+    form; an ``hvdagent.PowerSGD`` passes as it is."""
+    if compression is None or isinstance(compression, PowerSGD) or compression in ("fp16", "bf16"):
         return compression
     if isinstance(compression, type) and issubclass(compression, _Compressor):
         return compression.wire
@@ -123,7 +125,8 @@ def compression_name(compression: Any) -> Optional[str]:
     if module.startswith("horovod.") and name in _HOROVOD_COMPRESSORS:
         return _HOROVOD_COMPRESSORS[name]
     raise ValueError(
-        "compression must be hvdagent.Compression.none, .fp16 or .bf16 (or None, 'fp16', 'bf16'); "
+        "compression must be hvdagent.Compression.none, .fp16 or .bf16 (or None, 'fp16', 'bf16'), or an "
+        "hvdagent.PowerSGD(...); "
         f"custom compressors are not supported. Received: compression={compression!r}"
     )
 

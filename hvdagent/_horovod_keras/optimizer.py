@@ -44,7 +44,8 @@ def DistributedOptimizer(  # noqa: N802 (a constructor-like factory, as in Horov
         device_sparse: likewise.
         compression: ``hvdagent.Compression.none`` (default; or ``None``),
             ``.fp16`` / ``"fp16"`` or ``.bf16`` / ``"bf16"``: the type floating
-            gradients travel in.
+            gradients travel in; or ``hvdagent.PowerSGD(...)`` (hvdagent's:
+            low-rank compression with error feedback).
         sparse_as_dense: reduce ``tf.IndexedSlices`` gradients as dense
             tensors (default False: they are gathered).
         gradient_predivide_factor: divide gradients by this before the sum and

@@ -35,6 +35,11 @@ every-step gradient sync, each rank applies its own gradients and every
 are averaged across ranks (Lin et al., 2020, "post-local SGD"). Optimizer
 state stays local.
 
+**Compression**: ``fp16``/``bf16`` change the type gradients travel in;
+``PowerSGD`` (its own module, :mod:`hvdagent._sync.powersgd`) replaces the
+reduction of the dense gradients from its ``start_step`` on, and owns its
+state (warm-start ``Q`` and error buffers) under this object.
+
 **Timing**: every reduction is timed inside the traced step (two
 ``tf.timestamp`` ops, no Python, no collective); :meth:`GradientSync.timing`
 reads and resets it (:class:`hvdagent.SyncProfiler` uses it).
@@ -48,6 +53,7 @@ from typing import List, Optional, Tuple
 
 from hvdagent import _hvd
 from hvdagent._sync.options import SyncOptions
+from hvdagent._sync.powersgd import PowerSGD, PowerSGDState
 
 __all__ = ["GradientSync", "applying"]
 
@@ -88,6 +94,7 @@ class GradientSync:
         self._accumulators: List = []
         self._acc_count = None
         self._passes = None
+        self._powersgd = None  # PowerSGDState, with compression=PowerSGD(...)
 
     # --- state -----------------------------------------------------------------
     def build(self, variables) -> None:
@@ -97,6 +104,8 @@ class GradientSync:
         if self._count is not None:
             return
         self.schedule.build()
+        if isinstance(self.options.compression, PowerSGD):
+            self._powersgd = PowerSGDState(self.options.compression, variables, tag=self.tag)
         with tf.init_scope():
             self._count = tf.Variable(1.0, trainable=False, name="hvdagent_local_count")
             self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="hvdagent_sync_seconds")
@@ -144,9 +153,51 @@ class GradientSync:
         with tf.control_dependencies([self._seconds.assign_add(elapsed), self._calls.assign_add(1)]):
             return [tf.identity(t) for t in out]
 
+    def state_variables(self) -> list:
+        """Per-rank state saved with the model (checkpoints, elastic commits):
+        PowerSGD's, if any. Call :meth:`share_state` on every rank first."""
+        return self._powersgd.variables() if self._powersgd is not None else []
+
+    def share_state(self) -> None:
+        """Make the state of :meth:`state_variables` the same on every rank without
+        changing what training does next (a collective: every rank, same point)."""
+        if self._powersgd is not None:
+            self._powersgd.share_errors()
+
     # --- reduction ---------------------------------------------------------------
-    def reduce(self, grads: list, count=None) -> list:
-        """Return the globally reduced ``grads`` (same on every rank)."""
+    def reduce(self, grads: list, count=None, step=None) -> list:
+        """Return the globally reduced ``grads`` (same on every rank); ``step``:
+        the optimizer's update count (PowerSGD starts at its ``start_step``)."""
+        if self._powersgd is not None and _hvd.size() > 1:
+            return self._reduce_compressed(grads, count, step)
+        return self._reduce_plain(grads, count)
+
+    def _reduce_compressed(self, grads: list, count, step) -> list:
+        """PowerSGD for the dense gradients from ``start_step`` on, the plain average before."""
+        import tensorflow as tf
+
+        if count is None:
+            count = self._count if self._count is not None else tf.constant(1.0)
+        count = tf.cast(count, tf.float32)
+        dense_at = [i for i, g in enumerate(grads)
+                    if g is not None and (self.options.sparse_as_dense or not isinstance(g, tf.IndexedSlices))]
+        dense = [tf.convert_to_tensor(grads[i]) for i in dense_at]
+        # A rank without data (its placeholder step's gradients may not even be finite) sends zeros.
+        dense = tf.cond(count > 0, lambda: dense, lambda: [tf.zeros_like(g) for g in dense]) if dense else dense
+        step = tf.constant(0, tf.int64) if step is None else tf.cast(step, tf.int64)
+        reduced = tf.cond(
+            step >= self.options.compression.start_step,
+            lambda: self._timed(dense, lambda ts: self._powersgd.reduce(ts, dense_at, count, step)[0]),
+            lambda: self._reduce_plain(dense, count))
+        out = list(grads)
+        if len(dense_at) < sum(g is not None for g in grads):  # sparse gradients: gathered, as without PowerSGD
+            out = self._reduce_plain([None if i in dense_at else g for i, g in enumerate(grads)], count)
+        for i, r in zip(dense_at, reduced):
+            out[i] = r
+        return out
+
+    def _reduce_plain(self, grads: list, count=None) -> list:
+        """Every gradient in one fused allreduce (sparse ones gathered), weighted by batch size."""
         import tensorflow as tf
 
         opts = self.options
@@ -214,9 +265,9 @@ class GradientSync:
             if opts.sync_every > 1 and _hvd.size() > 1:
                 self._apply_local_sgd(grads, variables, apply_fn, step)
             elif opts.backward_passes_per_step == 1:
-                apply_fn(self.reduce(grads), variables)
+                apply_fn(self.reduce(grads, step=step), variables)
             else:
-                self._accumulate(grads, variables, apply_fn)
+                self._accumulate(grads, variables, apply_fn, step)
 
     @contextlib.contextmanager
     def _active(self):
@@ -255,7 +306,7 @@ class GradientSync:
 
         tf.cond(tf.logical_and(local, tf.logical_or(due, epoch_end)), average, lambda: tf.constant(False))
 
-    def _accumulate(self, grads, variables, apply_fn) -> None:
+    def _accumulate(self, grads, variables, apply_fn, step=None) -> None:
         import tensorflow as tf
 
         count = self._batch_size()
@@ -267,7 +318,7 @@ class GradientSync:
         def sync_and_apply():
             n = self._acc_count.read_value()
             summed = [a.read_value() / tf.cast(tf.maximum(n, 1e-30), a.dtype) for a in self._accumulators]
-            apply_fn(self.reduce(summed, count=n), variables)
+            apply_fn(self.reduce(summed, count=n, step=step), variables)
             for a in self._accumulators:
                 a.assign(tf.zeros_like(a))
             self._acc_count.assign(0.0)

@@ -107,7 +107,7 @@ class Keras3DistributedOptimizer(keras.optimizers.Optimizer):
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         name = config.pop("name", None)
-        return cls(inner, Parts.create(SyncOptions(**config)), name=name)
+        return cls(inner, Parts.create(SyncOptions.from_config(config)), name=name)
 
 
 class _Unsaved:

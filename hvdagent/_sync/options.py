@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any
 
 from hvdagent import _hvd
 from hvdagent._runtime import validate
+from hvdagent._sync.powersgd import PowerSGD
 
 __all__ = ["SyncOptions", "COMPRESSIONS"]
 
@@ -27,7 +28,7 @@ class SyncOptions:
     """
 
     op: str = "average"
-    compression: Optional[str] = None
+    compression: Any = None  # None, "fp16", "bf16" or a PowerSGD
     backward_passes_per_step: int = 1
     sparse_as_dense: bool = False
     gradient_predivide_factor: float = 1.0
@@ -35,7 +36,10 @@ class SyncOptions:
 
     def __post_init__(self):
         validate.one_of("op", self.op, _hvd.OPS)
-        validate.one_of("compression", self.compression, COMPRESSIONS)
+        if isinstance(self.compression, PowerSGD):
+            _check_powersgd(self)
+        else:
+            validate.one_of("compression", self.compression, COMPRESSIONS + ("hvdagent.PowerSGD(...)",))
         validate.integer("backward_passes_per_step", self.backward_passes_per_step, minimum=1)
         validate.boolean("sparse_as_dense", self.sparse_as_dense)
         validate.number("gradient_predivide_factor", self.gradient_predivide_factor, minimum=0, exclusive=True)
@@ -53,4 +57,35 @@ class SyncOptions:
             )
 
     def config(self) -> dict:
-        return dataclasses.asdict(self)
+        """A JSON-able dict; :meth:`from_config` reads it back."""
+        out = dataclasses.asdict(self)
+        if isinstance(self.compression, PowerSGD):
+            out["compression"] = {"class_name": "PowerSGD", "config": self.compression.config()}
+        return out
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SyncOptions":
+        """The options :meth:`config` wrote.
+
+        Example:
+            >>> opts = SyncOptions(compression=PowerSGD(rank=2))
+            >>> SyncOptions.from_config(opts.config()) == opts
+            True
+        """
+        config = dict(config)
+        c = config.get("compression")
+        if isinstance(c, dict) and c.get("class_name") == "PowerSGD":
+            config["compression"] = PowerSGD(**c["config"])
+        return cls(**config)
+
+
+def _check_powersgd(options: SyncOptions) -> None:
+    """PowerSGD replaces the every-step average: the options of other ways to sync do not apply."""
+    for name, needed in (("op", "average"), ("sync_every", 1), ("gradient_predivide_factor", 1.0)):
+        value = getattr(options, name)
+        if value != needed:
+            raise ValueError(
+                f"compression=PowerSGD(...) averages compressed gradients every step: it needs {name}={needed!r} "
+                "(sums, Adasum, local SGD and the fp16 pre-division are other ways to sync). "
+                f"Received: compression={options.compression!r}, {name}={value!r}"
+            )

@@ -15,6 +15,11 @@ profiler reads that time and reports:
 The three values are added to the epoch's ``logs`` (so they reach
 ``History`` and every later callback) and printed on rank 0 when
 ``verbose=1``. With one process nothing is reduced: ``sync_time`` is 0.
+
+With ``advise=True`` (what ``agent.fit(..., profile=True)`` uses) the end of
+training also measures the link between the ranks and predicts which way of
+synchronising gradients would win on it for this model
+(:mod:`hvdagent._sync.advisor`; the same as ``python -m hvdagent advise``).
 """
 
 from __future__ import annotations
@@ -46,10 +51,16 @@ class SyncProfiler(keras.callbacks.Callback):
     Args:
         verbose: 1 (default) prints one line per epoch on rank 0; 0 prints
             nothing (the values are still in ``logs`` and :attr:`history`).
+        advise: at the end of training, measure the link between the ranks
+            and print on rank 0 which way of synchronising gradients is
+            predicted to win (default False; with several ranks only).
 
     Attributes:
         history: one dict per epoch: ``epoch``, ``wall_time``, ``sync_time``,
-            ``compute_time``, ``sync_fraction`` and ``syncs`` (reductions run).
+            ``compute_time``, ``sync_fraction``, ``syncs`` (reductions run)
+            and ``steps`` (optimizer updates).
+        advice: with ``advise=True``, the prediction (a dict: every method's
+            row, ``best`` and ``verdict``); None before the end of training.
 
     Example:
         >>> import keras, numpy as np, hvdagent
@@ -61,15 +72,18 @@ class SyncProfiler(keras.callbacks.Callback):
         >>> history = agent.fit(np.ones((8, 4)), np.ones((8, 1)), batch_size=4, epochs=2, verbose=0,
         ...                     callbacks=[profiler])
         >>> sorted(profiler.history[-1])
-        ['compute_time', 'epoch', 'sync_fraction', 'sync_time', 'syncs', 'wall_time']
+        ['compute_time', 'epoch', 'steps', 'sync_fraction', 'sync_time', 'syncs', 'wall_time']
         >>> profiler.history[-1]["sync_time"]   # one process: nothing to reduce
         0.0
     """
 
-    def __init__(self, verbose: int = 1):
+    def __init__(self, verbose: int = 1, advise: bool = False):
         super().__init__()
         validate.one_of("verbose", validate.integer("verbose", verbose, minimum=0), (0, 1))
         self.verbose = verbose
+        self.advise = validate.boolean("advise", advise)
+        self.advice = None
+        self._steps0 = 0
         self.history: List[Dict[str, float]] = []
         self._syncs = []
         self._start = None
@@ -94,7 +108,11 @@ class SyncProfiler(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._timing()
+        self._steps0 = self._steps()
         self._start = time.perf_counter()
+
+    def _steps(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
         wall = time.perf_counter() - self._start
@@ -106,12 +124,27 @@ class SyncProfiler(keras.callbacks.Callback):
             "compute_time": max(wall - sync, 0.0),
             "sync_fraction": sync / wall if wall > 0 else 0.0,
             "syncs": calls,
+            "steps": self._steps() - self._steps0,
         }
         self.history.append(record)
         if logs is not None:
             logs.update({k: record[k] for k in LOG_KEYS})
         if self.verbose and _hvd.rank() == 0:
             print(format_record(record), flush=True)
+
+    def on_train_end(self, logs=None):
+        if not self.advise or _hvd.size() < 2:
+            return
+        from hvdagent._sync import advisor
+
+        # Compute per step without sync: the epochs after the first (which traces the step), if any.
+        timed = [r for r in self.history[1:] if r["steps"]] or [r for r in self.history if r["steps"]]
+        if not timed:
+            return
+        compute = sum(r["compute_time"] for r in timed) / sum(r["steps"] for r in timed)
+        self.advice = advisor.after_fit(self.model, compute)
+        if _hvd.rank() == 0:
+            print(advisor.render(self.advice), flush=True)
 
 
 def format_record(record: Dict[str, float]) -> str:

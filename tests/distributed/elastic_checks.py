@@ -32,7 +32,10 @@ x = rng.normal(size=(160, 6)).astype("float32")
 y = (x @ rng.normal(size=(6, 1))).astype("float32")
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
-agent = hvdagent.DistributedAgent(model, scale_lr=True)
+# "shrink" and "grow" also compress with PowerSGD (the 6x8 kernel; from the first step): its
+# state (warm-start Q, error buffers) must survive the reset and reach a joining worker.
+powersgd = hvdagent.PowerSGD(rank=1, start_step=0) if mode in ("shrink", "grow") else None
+agent = hvdagent.DistributedAgent(model, scale_lr=True, compression=powersgd)
 agent.compile(keras.optimizers.SGD(0.01), loss="mse")
 log = os.path.join(out_dir, f"epochs-{os.getpid()}.txt")
 
@@ -47,8 +50,10 @@ def change_hosts(text):
 class Shrink(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        sync_state = hvdagent._sync.parts.parts_of(self.model.optimizer).sync.state_variables()
         with open(log, "a") as f:
             f.write(json.dumps({"epoch": epoch, "rank": hvdagent.rank(), "size": hvdagent.size(),
+                                "sync_state": [np.asarray(v.numpy()).tolist() for v in sync_state],
                                 "lr": hvdagent._sync.parts.parts_of(self.model.optimizer).lr.effective_rate(self.model.optimizer),
                                 "stored_lr": float(np.asarray(self.model.optimizer.learning_rate))}) + "\n")
 

@@ -45,6 +45,8 @@ def test_rank0_hands_a_host_to_the_rank_on_mpiruns_host_only_when_all_its_ranks_
     assert link.acting_rank(False, {2: {}, 3: {}}) is None
     link.note_lost([2], states, hosts.get, addresses)  # rank 3 of host b still beats: b is not lost
     assert link.lost_hosts == {}
+    link.note_lost([1], states, hosts.get, addresses)  # a frozen rank on rank 0's host: that host is alive
+    assert link.lost_hosts == {}
     link.note_lost([2, 3, 4], states, hosts.get, addresses)
     assert link.lost_hosts == {"b": ["10.0.0.2"], "c": ["10.0.0.3"]}
     assert not link.pending()  # rank 0 is not on mpirun's host here: it only hands them on

@@ -183,8 +183,9 @@ class MpirunLink:
 
     def note_lost(self, lost: List[int], states: Dict[int, dict], host_of: Callable[[int], str],
                   addresses: Dict[int, tuple]) -> None:
-        """Rank 0: record the hosts all of whose reporting ranks are in ``lost``."""
-        for host in sorted({host_of(r) for r in lost}):
+        """Rank 0: record the hosts all of whose reporting ranks are in ``lost``
+        (never rank 0's own: it is alive)."""
+        for host in sorted({host_of(r) for r in lost} - {host_of(0)}):
             ranks = [r for r in states if r and host_of(r) == host]
             if host not in self.lost_hosts and all(r in lost for r in ranks):
                 self.lost_hosts[host] = sorted({addresses[r][0] for r in ranks if r in addresses})

@@ -82,9 +82,11 @@ def hosts():
     reason = _why_not()
     if reason:
         pytest.skip(reason)
-    env = dict(os.environ, HVDAGENT_HOSTS_OWNER=str(os.getpid()), HVDAGENT_HOSTS_WAIT="900",
+    env = dict(os.environ, HVDAGENT_HOSTS_OWNER=str(os.getpid()),
+               HVDAGENT_HOSTS_WAIT=os.environ.get("HVDAGENT_HOSTS_WAIT", "900"),
                HVDAGENT_HOSTS_KEEPALIVE="0")
-    up = subprocess.run(["bash", str(HOSTS_SH), "up", "2"], capture_output=True, text=True, env=env, timeout=1000)
+    up = subprocess.run(["bash", str(HOSTS_SH), "up", "2"], capture_output=True, text=True, env=env,
+                        timeout=int(env["HVDAGENT_HOSTS_WAIT"]) + 300)
     # A failed `up` has removed what it created; it must not tear down a test
     # bed that another live run owns.
     assert up.returncode == 0, up.stderr

@@ -14,6 +14,16 @@
 #   ci/hosts.sh shape RATE    limit every host's link to RATE in both directions
 #                             (100mbit, 1gbit, 2.5gbit...: tc's units); `shape off`
 #                             removes the limit, and so does `down`
+#   ci/hosts.sh exec I -- CMD  run CMD as if on host I (its network, hostname
+#                            and hosts file): e.g. a launcher on host 1
+#   ci/hosts.sh slurm up|down  a Slurm cluster on the hosts: slurmctld on the
+#                            launcher, slurmd on every host (installs Debian's
+#                            slurmd, slurmctld, slurm-client, munge if missing);
+#                            `env` then also sets SLURM_CONF
+#
+# HVDAGENT_HOSTS_KEEPALIVE=0 at `up` leaves ssh's keep-alive at its default
+# (off), on the client and the hosts' sshd, as on a machine nobody tuned; the
+# default (1) makes ssh give up on a silent host after 30-35 s.
 #
 # Layout (SUBNET is the first free one of 10.213.37.0/24 ... 10.213.44.0/24):
 #   launcher (this machine's namespace): bridge "hvd0", SUBNET.1
@@ -32,7 +42,8 @@
 #
 # Nothing outside the state directory (default /tmp/hvdagent-hosts, or
 # HVDAGENT_HOSTS_DIR) is written, except the namespaces, links and
-# /etc/netns/hvdagent-h*: no change to ~/.ssh. `env` prints
+# /etc/netns/hvdagent-h*: no change to ~/.ssh (`slurm up` installs Debian's
+# Slurm packages when they are missing). `env` prints
 #   PATH=<state>/bin:$PATH  (an `ssh` that reads <state>/ssh_config: key,
 #                            known_hosts and keep-alives of the test bed)
 #   HVDAGENT_HOSTS=hvdhost1,hvdhost2,...  HVDAGENT_HOSTS_SUBNET=10.213.37
@@ -102,6 +113,7 @@ down() {
     pid=$(cat "$f" 2>/dev/null || true)
     if [ -n "$pid" ] && grep -q "$STATE/sshd" "/proc/$pid/cmdline" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   done
+  slurm_stop
   ip link del "$BRIDGE" 2>/dev/null || true
   for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$VETH_PREFIX" || true); do
     ip link del "$l" 2>/dev/null || true
@@ -128,6 +140,7 @@ up() {
   case "$n" in ''|*[!0-9]*) die "up takes a number of hosts (1-8). Received: $n";; esac
   [ "$n" -ge 1 ] && [ "$n" -le 8 ] || die "up takes a number of hosts (1-8). Received: $n"
   need_root
+  case "${HVDAGENT_HOSTS_KEEPALIVE:-1}" in 0|1) ;; *) die "HVDAGENT_HOSTS_KEEPALIVE must be 0 (ssh's default: no keep-alive) or 1. Received: HVDAGENT_HOSTS_KEEPALIVE=$HVDAGENT_HOSTS_KEEPALIVE";; esac
   while [ -d "$STATE" ] && owner_alive; do
     [ "$waited" -ge "$wait_max" ] && die "a test bed owned by live process $(cat "$STATE/owner") exists; run 'ci/hosts.sh down' or wait"
     sleep 2; waited=$((waited + 2))
@@ -166,8 +179,10 @@ up() {
     echo "  StrictHostKeyChecking yes"
     echo "  BatchMode yes"
     echo "  ConnectTimeout 10"
-    echo "  ServerAliveInterval 5"
-    echo "  ServerAliveCountMax 6"
+    if [ "${HVDAGENT_HOSTS_KEEPALIVE:-1}" != 0 ]; then
+      echo "  ServerAliveInterval 5"
+      echo "  ServerAliveCountMax 6"
+    fi
     echo "  LogLevel ERROR"
   } > "$STATE/ssh_config"
   printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$STATE/ssh_config" > "$STATE/bin/ssh"
@@ -211,8 +226,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-ClientAliveInterval 5
-ClientAliveCountMax 3
+$([ "${HVDAGENT_HOSTS_KEEPALIVE:-1}" != 0 ] && printf 'ClientAliveInterval 5\nClientAliveCountMax 3')
 MaxStartups 64:30:128
 MaxSessions 64
 LogLevel ERROR
@@ -275,6 +289,98 @@ shape() {  # $1 = RATE (tc units: 100mbit, 1gbit...) or "off"
   done
   if [ "$rate" = off ]; then rm -f "$STATE/shape"; else echo "$rate" > "$STATE/shape"; fi
   say "shape: $([ "$rate" = off ] && echo "links unlimited" || echo "every host's link limited to $rate each way (burst $burst bytes)")"
+
+}
+
+# -- Slurm on the test bed: slurmctld (and munged) on the launcher, slurmd on
+# every host under its own NodeName, all state in $STATE/slurm.
+SLURM_PACKAGES="slurmd slurmctld slurm-client munge"
+
+slurm_stop() {  # the launcher's daemons (slurmd ends with its host's processes)
+  local f pid
+  for f in "$STATE"/slurm/ctld.pid "$STATE"/slurm/munge/pid "$STATE"/slurm/d-*.pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f" 2>/dev/null || true)
+    if [ -n "$pid" ] && grep -q "$STATE/slurm" "/proc/$pid/cmdline" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+  done
+}
+
+slurm_install() {
+  local missing="" p
+  for p in slurmctld slurmd srun munged; do command -v "$p" >/dev/null 2>&1 || [ -x "/usr/sbin/$p" ] || missing="$missing $p"; done
+  [ -z "$missing" ] && return 0
+  command -v apt-get >/dev/null 2>&1 || die "Slurm is missing ($missing) and there is no apt-get: install $SLURM_PACKAGES"
+  say "installing $SLURM_PACKAGES (missing:$missing)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $SLURM_PACKAGES >"$STATE/slurm-install.log" 2>&1; then
+    apt-get update -qq >>"$STATE/slurm-install.log" 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $SLURM_PACKAGES >>"$STATE/slurm-install.log" 2>&1 \
+      || die "could not install $SLURM_PACKAGES (log: $STATE/slurm-install.log)"
+  fi
+}
+
+slurm_up() {
+  need_root
+  [ -f "$STATE/env" ] || die "no test bed: ci/hosts.sh up N first"
+  slurm_install
+  slurm_stop
+  local sl=$STATE/slurm subnet hosts="" i n=0 cgroup=cgroup/v1 tries=0
+  subnet=$(cat "$STATE/subnet")
+  n=$(our_namespaces | wc -l)
+  rm -rf "$sl" && mkdir -p "$sl/ctld" "$sl/munge" && chmod 711 "$sl" "$sl/munge"
+  dd if=/dev/urandom of="$sl/munge/munge.key" bs=1024 count=1 2>/dev/null && chmod 600 "$sl/munge/munge.key"
+  # One munged serves every host: they share this machine's filesystem (and so the key).
+  /usr/sbin/munged --force --socket="$sl/munge/sock" --key-file="$sl/munge/munge.key" --pid-file="$sl/munge/pid" \
+    --log-file="$sl/munge/log" --seed-file="$sl/munge/seed"
+  [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ] && cgroup=cgroup/v2
+  printf 'CgroupPlugin=%s\nCgroupMountpoint=/sys/fs/cgroup\n' "$cgroup" > "$sl/cgroup.conf"
+  for i in $(seq 1 "$n"); do
+    mkdir -p "$sl/d-hvdhost$i" "$sl/tmp-hvdhost$i"
+    hosts="$hosts"$'\n'"NodeName=hvdhost$i NodeAddr=$subnet.$((10 + i)) CPUs=2 State=UNKNOWN"
+  done
+  # Spool and TmpFS per node (%n): the hosts share /tmp, where Slurm's PMIx
+  # plugin would otherwise make one directory name for all of them.
+  cat > "$sl/slurm.conf" <<CONF
+# written by ci/hosts.sh slurm up; removed by 'ci/hosts.sh down'
+ClusterName=hvdagent
+SlurmctldHost=hvdlauncher($subnet.1)
+SlurmUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$sl/munge/sock
+StateSaveLocation=$sl/ctld
+SlurmdSpoolDir=$sl/d-%n
+TmpFS=$sl/tmp-%n
+SlurmctldPidFile=$sl/ctld.pid
+SlurmdPidFile=$sl/d-%n.pid
+SlurmctldLogFile=$sl/ctld.log
+SlurmdLogFile=$sl/d-%n.log
+ProctrackType=proctrack/pgid
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+ReturnToService=2
+SlurmdTimeout=30
+MessageTimeout=5
+KillWait=5
+MpiDefault=none
+$hosts
+PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+  unshare --uts sh -c "hostname hvdlauncher && exec slurmctld -f '$sl/slurm.conf' -i"
+  for i in $(seq 1 "$n"); do
+    ip netns exec "$NS_PREFIX$i" unshare --uts sh -c "hostname hvdhost$i && exec slurmd -f '$sl/slurm.conf' -N hvdhost$i"
+  done
+  { grep -v '^export SLURM_CONF=' "$STATE/env" || true; echo "export SLURM_CONF=$sl/slurm.conf"; } > "$STATE/env.new"
+  mv "$STATE/env.new" "$STATE/env"
+  until [ "$(SLURM_CONF=$sl/slurm.conf sinfo -h -N -o '%t' 2>/dev/null | grep -c '^idle')" = "$n" ]; do
+    tries=$((tries + 1))
+    [ "$tries" -le 60 ] || die "Slurm did not come up: $(SLURM_CONF=$sl/slurm.conf sinfo -N 2>&1); $(tail -n 3 "$sl/ctld.log" "$sl"/d-*.log 2>/dev/null)"
+    sleep 1
+  done
+  say "slurm up: slurmctld on hvdlauncher ($subnet.1), slurmd on $n host(s); SLURM_CONF=$sl/slurm.conf"
 }
 
 host_ns() {
@@ -296,6 +402,18 @@ case "$cmd" in
   cut) host_ns "${1:-}" >/dev/null; ip link set "$VETH_PREFIX$1" down ;;
   heal) host_ns "${1:-}" >/dev/null; ip link set "$VETH_PREFIX$1" up ;;
   shape) shape "${1:-}" ;;
+  exec)
+    ns=$(host_ns "${1:-}"); i=$1; shift
+    [ "${1:-}" = "--" ] && shift
+    [ $# -gt 0 ] || die "usage: ci/hosts.sh exec I -- COMMAND..."
+    # `ip netns exec` also puts /etc/netns/$ns/hosts over /etc/hosts.
+    exec ip netns exec "$ns" unshare --uts sh -c 'hostname "$0" && exec "$@"' "hvdhost$i" "$@" ;;
+  slurm)
+    case "${1:-}" in
+      up) slurm_up ;;
+      down) need_root; slurm_stop; rm -rf "$STATE/slurm"; [ -f "$STATE/env" ] && sed -i '/^export SLURM_CONF=/d' "$STATE/env"; say "slurm down" ;;
+      *) die "usage: ci/hosts.sh slurm up|down. Received: ${1:-}" ;;
+    esac ;;
   run)
     n=${1:-2}; shift || true
     [ "${1:-}" = "--" ] && shift

@@ -1,4 +1,4 @@
-"""Command line: ``python -m hvdagent doctor`` and ``python -m hvdagent advise``."""
+"""Command line: ``python -m hvdagent doctor``, ``advise`` and ``horovodrun ...``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hvdagent", description="hvdagent tools")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="report versions and check that Horovod matches TensorFlow")
+    sub.add_parser("horovodrun", add_help=False,
+                   help="horovodrun with hvdagent's launcher settings (Open MPI's daemon keep-alive; "
+                        "hosts from a Slurm allocation); every other argument goes to horovodrun")
     adv = sub.add_parser("advise", help="measure the link and the model; predict which gradient sync wins",
                          description="Run it under the job's launcher (horovodrun -np N -H ...): it measures the "
                                      "allreduce between the ranks, the model's gradients and its step time, and "
@@ -23,6 +26,11 @@ def main(argv=None) -> int:
     adv.add_argument("--ranks", type=int, default=None, help="ranks to predict for, with a given link (default 2)")
     adv.add_argument("--max-bytes", type=int, default=16 << 20, help="largest allreduce of the link measurement")
     adv.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["horovodrun"]:  # its arguments are horovodrun's, not ours
+        from hvdagent._runtime import horovodrun as _horovodrun
+
+        return _horovodrun.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "doctor":
         from hvdagent._runtime import doctor as _doctor

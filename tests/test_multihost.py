@@ -5,7 +5,9 @@ everywhere), Gloo and MPI, 2 hosts x 2 slots.
 Each launch checks many things (see tests/distributed/multihost_checks.py).
 Host loss is produced at a known point: rank 0 writes a trigger file in epoch
 2 and blocks; the test then kills every process of host 2 or cuts its link.
-Needs root and network namespaces; skipped with the reason otherwise.
+ssh runs with its default configuration (no keep-alive, HVDAGENT_HOSTS_KEEPALIVE=0),
+as on a machine nobody tuned. Needs root and network namespaces; skipped with
+the reason otherwise. The Slurm test installs Debian's Slurm if it is missing.
 """
 
 import json
@@ -47,8 +49,9 @@ class Hosts:
         self.env = env
         self.names = env["HVDAGENT_HOSTS"].split(",")
 
-    def sh(self, *args):
-        subprocess.run(["bash", str(HOSTS_SH), *args], check=True, capture_output=True, text=True, timeout=60)
+    def sh(self, *args, timeout=60):
+        proc = subprocess.run(["bash", str(HOSTS_SH), *args], capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr
 
     def pids(self, i):
         """Processes on host i other than its sshd daemon."""
@@ -67,10 +70,10 @@ class Hosts:
     def wait_quiet(self, i, timeout):
         """Wait until nothing but sshd runs on host i; return what is left then."""
         deadline = time.monotonic() + timeout
-        left = [p for p in self.pids(i) if not p.startswith("sshd:")]
+        left = [p for p in self.pids(i) if not p.startswith(("sshd:", "slurmd "))]
         while left and time.monotonic() < deadline:
             time.sleep(0.5)  # polling an observable condition, not a fixed delay
-            left = [p for p in self.pids(i) if not p.startswith("sshd:")]
+            left = [p for p in self.pids(i) if not p.startswith(("sshd:", "slurmd "))]
         return left
 
 
@@ -79,8 +82,11 @@ def hosts():
     reason = _why_not()
     if reason:
         pytest.skip(reason)
-    env = dict(os.environ, HVDAGENT_HOSTS_OWNER=str(os.getpid()), HVDAGENT_HOSTS_WAIT="900")
-    up = subprocess.run(["bash", str(HOSTS_SH), "up", "2"], capture_output=True, text=True, env=env, timeout=1000)
+    env = dict(os.environ, HVDAGENT_HOSTS_OWNER=str(os.getpid()),
+               HVDAGENT_HOSTS_WAIT=os.environ.get("HVDAGENT_HOSTS_WAIT", "900"),
+               HVDAGENT_HOSTS_KEEPALIVE="0")
+    up = subprocess.run(["bash", str(HOSTS_SH), "up", "2"], capture_output=True, text=True, env=env,
+                        timeout=int(env["HVDAGENT_HOSTS_WAIT"]) + 300)
     # A failed `up` has removed what it created; it must not tear down a test
     # bed that another live run owns.
     assert up.returncode == 0, up.stderr
@@ -96,9 +102,16 @@ def hosts():
 
 
 def _launch(hosts, controller, *args, np_=4, host_list="hvdhost1:2,hvdhost2:2", extra=(), timeout=400,
-            env=None, background=False):
-    cmd = [HOROVODRUN, f"--{controller}", "-np", str(np_), *(["-H", host_list] if host_list else []),
-           "--network-interface", "hvd0", "--disable-cache", *extra, sys.executable, str(SCRIPT), *map(str, args)]
+            env=None, background=False, launcher="plain"):
+    """horovodrun from this machine; ``launcher``: "plain", "hvdagent" (``python -m
+    hvdagent horovodrun``), "host1" (plain, run on host 1: mpirun there starts
+    host 1's ranks itself) or "slurm" (the hvdagent one inside ``salloc``, hosts from Slurm)."""
+    run = {"plain": [HOROVODRUN], "host1": ["bash", str(HOSTS_SH), "exec", "1", "--", HOROVODRUN],
+           "hvdagent": [sys.executable, "-m", "hvdagent", "horovodrun"],
+           "slurm": ["salloc", "-N", "2", "--ntasks-per-node=2", sys.executable, "-m", "hvdagent", "horovodrun"]}[launcher]
+    where = [] if launcher == "slurm" else ["-np", str(np_), *(["-H", host_list] if host_list else [])]
+    cmd = [*run, f"--{controller}", *where, "--network-interface", "hvd0", "--disable-cache", *extra,
+           sys.executable, str(SCRIPT), *map(str, args)]
     full_env = dict(hosts.env, **(env or {}))
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
@@ -143,9 +156,17 @@ def _weights(path):
         return [f[k] for k in f.files]
 
 
-def _lose_host(hosts, controller, out, ckpt, tag, how):
+def _srun_left():
+    """Slurm's srun processes on this machine (mpirun starts each host's daemon through one)."""
+    import psutil
+
+    return [" ".join(p.info["cmdline"] or [])[:120] for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "srun"]
+
+
+def _lose_host(hosts, controller, out, ckpt, tag, how, launcher="plain"):
     """Launch, wait for the trigger, kill or cut host 2; return (proc output, seconds from loss to end)."""
-    proc = _launch(hosts, controller, "train", out, ckpt, tag, "block", background=True)
+    proc = _launch(hosts, controller, "train", out, ckpt, tag, "block", background=True, launcher=launcher)
     trigger = out / f"trigger-{tag}"
     deadline = time.monotonic() + 400
     try:
@@ -172,19 +193,24 @@ def _lose_host(hosts, controller, out, ckpt, tag, how):
     # lost is ended by hvdagent's heartbeat (HVDAGENT_PEER_TIMEOUT, 20 s).
     left1 = hosts.wait_quiet(1, 60)
     left2 = hosts.wait_quiet(2, 60)
+    deadline = time.monotonic() + 60
+    while launcher == "slurm" and _srun_left() and time.monotonic() < deadline:
+        time.sleep(0.5)  # polling: the srun of the lost host's daemon waits for Slurm to give up on it
+    left_here = _srun_left() if launcher == "slurm" else []
     quiet = time.monotonic() - lost
     if how == "cut":
         hosts.sh("heal", "2")
-    assert left1 == [] and left2 == [], f"left running: host 1 {left1}, host 2 {left2}"
-    print(f"[timing] {controller} host 2 {how}: nothing left on either host {quiet:.1f} s after the loss")
+    assert left1 == [] and left2 == [] and left_here == [], f"left running: host 1 {left1}, host 2 {left2}, here {left_here}"
+    print(f"[timing] {controller} ({launcher}) host 2 {how}: nothing left on either host {quiet:.1f} s after the loss")
     return text, seconds
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
 def test_training_across_hosts_then_losing_a_host(hosts, controller, tmp_path):
     """One uninterrupted run (the reference), a run that loses host 2 mid-epoch
-    (Gloo: all its processes killed; MPI: killed, then in a second run its
-    link cut), and for Gloo the resumed run, which must equal the reference."""
+    (all its processes killed), for Gloo the resumed run, which must equal the
+    reference, then runs whose host 2 link is cut (MPI: with horovodrun on
+    host 1, and with `python -m hvdagent horovodrun` here)."""
     out = tmp_path / "out"
     ref = _launch(hosts, controller, "train", out, tmp_path / "ckA", "ref")
     assert ref.returncode == 0, ref.text[-6000:]
@@ -214,20 +240,32 @@ def test_training_across_hosts_then_losing_a_host(hosts, controller, tmp_path):
         for a, b in zip(_weights(out / "weights-ref.npz"), _weights(out / "weights-resumed.npz")):
             np.testing.assert_array_equal(a, b)  # resumed == uninterrupted, bit for bit
 
-    text, seconds = _lose_host(hosts, controller, out, tmp_path / f"ckC", "cut", "cut")
-    print(f"[timing] {controller} host 2 link cut: job ended {seconds:.1f} s later")
-    assert seconds < LOSS_BOUND_S, text[-3000:]
     if controller == "gloo":
+        text, seconds = _lose_host(hosts, controller, out, tmp_path / "ckC", "cut", "cut")
+        print(f"[timing] gloo host 2 link cut: job ended {seconds:.1f} s later")
+        assert seconds < LOSS_BOUND_S, text[-3000:]
         # Ended by hvdagent's heartbeat (status 76) or, if it wins the race, by Gloo's own
         # receive timeout; either way horovodrun names the rank that ended the job.
         assert re.search(r"Process \d+ exit with status code \d+|Process name: \d+\s+Exit code: \d+", text), text[-3000:]
-    else:
-        # hvdagent's heartbeat on rank 0 names the lost ranks and host (20 s);
-        # then mpirun, through ssh's keep-alive (30-35 s), ends the job: it
-        # reports the lost daemon without naming its host.
-        # (Both ranks in one line when their heartbeats stopped within a few beats of each other.)
-        assert re.search(r"hvdagent: lost contact with rank\(s\) \[(2, 3|2|3)\] on host\(s\) hvdhost2", text), text[-3000:]
-        assert "ORTE was unable to reliably start one or more daemons" in text, text[-3000:]
+        return
+    # MPI, ssh without keep-alive. (1) Plain horovodrun on host 1: mpirun starts host 1's ranks
+    # itself, and rank 0 (its child) ends mpirun's ssh session to host 2 once host 2's ranks
+    # have been silent for 20 s; mpirun then reports that host's daemon as failed and ends the job.
+    text, seconds = _lose_host(hosts, controller, out, tmp_path / "ckC", "cut-host1", "cut", launcher="host1")
+    print(f"[timing] mpi host 2 link cut, horovodrun on host 1: job ended {seconds:.1f} s later")
+    assert seconds < LOSS_BOUND_S, text[-3000:]
+    # (Both ranks in one line when their heartbeats stopped within a few beats of each other.)
+    assert re.search(r"\[rank 0 on hvdhost1\] hvdagent: lost contact with rank\(s\) \[(2, 3|2|3)\] on host\(s\) "
+                     r"hvdhost2 .*mpirun runs on hvdhost1", text), text[-3000:]
+    assert re.search(r"\[rank 0 on hvdhost1\] hvdagent: ended mpirun's ssh session to hvdhost2 \(ssh pid \d+\)", text), text[-3000:]
+    assert "ORTE was unable to reliably start one or more daemons" in text, text[-3000:]
+    # (2) From a launcher that runs no rank, through `python -m hvdagent horovodrun`: Open MPI's
+    # keep-alive on its daemons' connections makes mpirun notice the lost host and name it.
+    text, seconds = _lose_host(hosts, controller, out, tmp_path / "ckD", "cut-hvdagent", "cut", launcher="hvdagent")
+    print(f"[timing] mpi host 2 link cut, python -m hvdagent horovodrun here: job ended {seconds:.1f} s later")
+    assert seconds < LOSS_BOUND_S, text[-3000:]
+    assert "ORTE has lost communication with a remote daemon" in text, text[-3000:]
+    assert re.search(r"Remote daemon: \S+ on node hvdhost2", text), text[-3000:]
 
 
 def test_different_versions_on_one_host_are_an_error_on_every_rank(hosts, tmp_path):
@@ -397,3 +435,26 @@ def test_shaped_links_carry_their_rate_both_ways(hosts):
     tc = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
     assert "tbf" not in tc
     assert _transfer_mbit(1, 2, h2, nbytes=50_000_000) > 1000  # unshaped veth: several Gbit/s
+
+
+def test_slurm_ranks_from_the_allocation_then_a_killed_node(hosts, tmp_path):
+    """Slurm on the test bed (`ci/hosts.sh slurm up`: slurmctld here, slurmd on each host).
+    `srun --mpi=pmix` starts the ranks itself (rank and host from Slurm, no ssh);
+    `python -m hvdagent horovodrun` inside `salloc` takes its hosts from the allocation,
+    and a node killed mid-epoch (slurmd included) ends the whole job."""
+    start = time.monotonic()
+    hosts.sh("slurm", "up", timeout=900)  # installs Debian's Slurm when missing
+    print(f"[timing] slurm up (install included): {time.monotonic() - start:.0f} s")
+    lines = subprocess.run(["bash", str(HOSTS_SH), "env"], capture_output=True, text=True, check=True).stdout
+    hosts.env["SLURM_CONF"] = re.search(r"SLURM_CONF=(\S+)", lines).group(1)
+    direct = subprocess.run(["srun", "-N", "2", "--ntasks-per-node=2", "--mpi=pmix", sys.executable, str(SCRIPT),
+                             "init", str(tmp_path / "srun")], capture_output=True, text=True, timeout=300,
+                            env=hosts.env, cwd=str(ROOT))
+    assert direct.returncode == 0, (direct.stdout + direct.stderr)[-4000:]
+    ranks = [json.loads((tmp_path / "srun" / f"init-rank{r}.json").read_text()) for r in range(4)]
+    assert [(r["host"], r["size"]) for r in ranks] == [("hvdhost1", 4)] * 2 + [("hvdhost2", 4)] * 2
+    text, seconds = _lose_host(hosts, "mpi", tmp_path / "out", tmp_path / "ck", "slurm", "kill", launcher="slurm")
+    print(f"[timing] mpi in salloc, node 2 killed: job ended {seconds:.1f} s later")
+    assert seconds < LOSS_BOUND_S, text[-3000:]
+    assert "hvdagent: hosts from Slurm's allocation: -np 4 -H hvdhost1:2,hvdhost2:2" in text, text[-3000:]
+    assert re.search(r"Remote daemon: \S+ on node hvdhost2", text), text[-3000:]

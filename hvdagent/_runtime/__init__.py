@@ -3,7 +3,8 @@
 Owns: the start-up checks across ranks (``preflight``), CPU binding
 (``binding``) and their hand-off to the seam (``startup``), the process
 queries of the public API (``process``: ``hvdagent.init``, ``rank``, ...),
-``hvdagent doctor`` (``doctor``), rank-aware logging (``log``) and argument
+``hvdagent doctor`` (``doctor``), ``hvdagent horovodrun``: horovodrun with
+the launcher settings hvdagent needs (``horovodrun``), rank-aware logging (``log``) and argument
 validation (``validate``).
 
 May import: :mod:`hvdagent._hvd` and :mod:`hvdagent._compat` (layer rule in

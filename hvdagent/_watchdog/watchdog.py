@@ -9,10 +9,9 @@ Two questions, answered separately by one daemon thread per rank:
   A rank that stops answering (its host died, its link was cut, the process
   was frozen) is reported by rank 0, naming the ranks and their hosts, and the
   job ends with status :data:`PEER_LOST_EXIT_CODE`; ranks that lose rank 0
-  end themselves (under Open MPI they also end their ``orted``, which a cut
-  link would otherwise leave behind). Under MPI, where the launcher has no
-  key-value store, this is what ends a job whose host vanished from the
-  network: collectives over a dead TCP link wait for hours.
+  end themselves. Under MPI this is what ends a job whose host vanished from
+  the network (collectives over a dead TCP link wait for hours), and ``mpirun``
+  must learn of it first (``hvdagent._watchdog.launcher``).
 * **Is the job making progress?** (``stall_timeout``, default 600 s, like
   PyTorch's process-group timeout). Progress is read by the thread from the
   optimizer's iteration counter and from epoch/validation boundaries, not
@@ -32,11 +31,9 @@ stall check but leave worker loss to Horovod's elastic driver.
 
 Environment: ``HVDAGENT_PEER_TIMEOUT`` (seconds; ``0`` disables liveness).
 
-This module holds the thread and its verdicts. Next to it:
-``hvdagent._watchdog.pause`` (the pause and its state),
-``hvdagent._watchdog.main_thread`` (is the main thread in user code, and where) and
-``hvdagent._watchdog.env`` (the environment, this host's addresses, Open
-MPI's launcher, stderr).
+This module holds the thread and its verdicts; next to it are the pause
+(``pause``), where the main thread is (``main_thread``), the environment
+(``env``) and what is done for Open MPI's ``mpirun`` (``launcher``).
 """
 
 from __future__ import annotations
@@ -50,7 +47,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from hvdagent._watchdog import pause
 from hvdagent._watchdog.main_thread import main_thread_location
-from hvdagent._watchdog.env import end_local_mpi_daemon, env_timeout, launcher_grace, say
+from hvdagent._watchdog.env import env_timeout, say
+from hvdagent._watchdog.launcher import MpirunLink, end_local_mpi_daemon, launcher_grace
 
 STALL_EXIT_CODE = 75
 PEER_LOST_EXIT_CODE = 76
@@ -81,6 +79,7 @@ class Watchdog:
         self._lock = threading.Lock()
         self._reset_peers()
         self._counter: Optional[int] = None
+        self._mpirun = MpirunLink()
         self._thread = threading.Thread(target=self._run, name="hvdagent-watchdog", daemon=True)
         self._thread.start()
         threading.Thread(target=self._read_progress, name="hvdagent-watchdog-progress", daemon=True).start()
@@ -110,6 +109,7 @@ class Watchdog:
             self.stall_timeout = stall_timeout
             self._reset_peers()
             self._targets = list(rank0_addresses)
+            self._mpirun.reset()
             self._session = session
             self._last_change = time.monotonic()
 
@@ -174,7 +174,7 @@ class Watchdog:
     def _message(self, bye: bool = False, **extra) -> bytes:
         body = {"s": self._session, "r": self.rank, "b": bye}
         if not bye:
-            body.update(self._local_state())
+            body.update(self._local_state(), **({"l": 1} if self._mpirun.here else {}))  # l: on mpirun's host
         body.update(extra)
         return json.dumps(body).encode()
 
@@ -190,6 +190,8 @@ class Watchdog:
                         with self._lock:
                             self._tick(now)
                 self._receive()
+                if self._mpirun.pending():  # outside the lock
+                    self._mpirun.act(self._who(), self.peer_timeout)
             except Exception as err:  # noqa: BLE001 (the watchdog must never crash the job)
                 say(f"hvdagent: watchdog error (ignored): {type(err).__name__}: {err}\n")
                 time.sleep(1)
@@ -216,10 +218,14 @@ class Watchdog:
                     self._peers[r] = msg
                     self._addr[r] = addr
                     if not msg.get("b"):
-                        self._sock.sendto(json.dumps({"s": self._session, "r": 0, "ack": True}).encode(), addr)
+                        ack = {"s": self._session, "r": 0, "ack": True}
+                        if self._mpirun.lost_hosts and MpirunLink.acting_rank(self._mpirun.here, self._peers) == r:
+                            ack["lost"] = self._mpirun.lost_hosts  # for the rank on mpirun's host
+                        self._sock.sendto(json.dumps(ack).encode(), addr)
             else:
                 self._rank0 = self._rank0 or addr
                 self._last_reply = now
+                self._mpirun.queue(msg.get("lost"))
                 verdict = msg.get("verdict")
                 if verdict:
                     self._end(verdict["code"], verdict["text"], from_rank0=True)
@@ -243,6 +249,9 @@ class Watchdog:
                 return
             if now - self._last_reply > self.peer_timeout:
                 host0 = self.hosts[0] if self.hosts else "?"
+                if self._mpirun.here:  # mpirun must learn of the loss before this rank ends
+                    self._mpirun.queue({host0: [self._rank0[0]] if self._rank0 else [a for a, _ in self._targets]})
+                    self._mpirun.act(self._who(), self.peer_timeout, before_exit=True)
                 self._end(PEER_LOST_EXIT_CODE,
                           f"lost contact with rank 0 on host {host0} (no heartbeat answer for {self.peer_timeout:.0f} s): "
                           f"that host is down or unreachable from {self._host(self.rank)}", lost_rank0=True)
@@ -268,6 +277,7 @@ class Watchdog:
         if lost and grace:
             # Name the loss now (mpirun does not name the host of a cut-off daemon), end after the grace.
             self._announce(lost, states, now, grace)
+            self._mpirun.note_lost(lost, states, self._host, self._addr)
             lost = [r for r in lost if now - states[r]["t"] > self.peer_timeout + grace]
         if lost:
             hosts = sorted({self._host(r) for r in lost})
@@ -294,12 +304,15 @@ class Watchdog:
         new = sorted(r for r, st in states.items() if r and r not in self._announced
                      and self._host(r) in hosts and now - st["t"] > 3 * BEAT_EVERY_S)
         self._announced.update(new)
-        say(f"[rank 0 on {self._host(0)}] hvdagent: lost contact with rank(s) {new} on host(s) "
+        say(f"{self._who()}lost contact with rank(s) {new} on host(s) "
             f"{', '.join(sorted({self._host(r) for r in new}))} (no heartbeat for {self.peer_timeout:.0f} s); "
-            f"mpirun has {grace:.0f} s to end the job before the ranks end themselves.\n")
+            f"{self._mpirun.plan(states, self._host, grace)}\n")
 
     def _host(self, r: int) -> str:
         return self.hosts[r] if r < len(self.hosts) else "?"
+
+    def _who(self) -> str:
+        return f"[rank {self.rank} on {self._host(self.rank)}] hvdagent: "
 
     def _stall_text(self, states: Dict[int, dict], idle: float) -> str:
         busy = sorted(r for r, st in states.items() if st.get("w"))
@@ -326,8 +339,7 @@ class Watchdog:
                     self._sock.sendto(verdict, addr)
                 except OSError:
                     pass
-        prefix = f"[rank {self.rank} on {self._host(self.rank)}] hvdagent: "
-        say(prefix + (f"rank 0 reports: {text}" if from_rank0 else text) + f". Exit status {code}.\n")
+        say(self._who() + (f"rank 0 reports: {text}" if from_rank0 else text) + f". Exit status {code}.\n")
         if lost_rank0:
             end_local_mpi_daemon()
         os._exit(code)

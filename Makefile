@@ -2,14 +2,17 @@
 # (ci/setup.sh is idempotent and takes seconds once done).
 #   make demo          the main job on one process
 #   make demo NP=2     the same job on 2 processes (horovodrun --gloo -np 2)
+#   make check         the fast inner loop: unit tests and one 2-rank launch (under 5 minutes)
 #   make test          the whole test suite (what CI runs)
+#   make docs          the docs site, built strictly into site/ (what tests/test_docs.py checks)
+#   make notebooks     run every notebook and store it with its outputs
 #   make bench         the benchmark of docs/benchmarks.md, both controllers (~15 minutes,
 #                      on a quiet machine: it refuses to start on a busy one)
 #   make bench-quick   a tiny benchmark run: checks the tooling, not the speed (~2 minutes)
 PY := .venv/bin/python
 NP ?= 1
 
-.PHONY: setup demo test doctor bench bench-quick bench-report
+.PHONY: setup demo check test docs notebooks doctor bench bench-quick bench-report
 
 setup:
 	bash ci/setup.sh
@@ -21,8 +24,17 @@ else
 	OMP_NUM_THREADS=1 .venv/bin/horovodrun --gloo -np $(NP) $(PY) examples/train_digits.py
 endif
 
+check: setup
+	bash ci/check.sh
+
 test: setup
 	bash ci/test.sh
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+notebooks: setup
+	HVDAGENT_STORE_NOTEBOOKS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_notebooks.py -k runs_top_to_bottom
 
 doctor: setup
 	$(PY) -m hvdagent doctor

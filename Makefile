@@ -6,7 +6,7 @@
 #   make test          the whole test suite (what CI runs)
 #   make docs          the docs site, built strictly into site/ (what tests/test_docs.py checks)
 #   make notebooks     run every notebook and store it with its outputs
-#   make bench         the benchmark of docs/benchmarks.md, both controllers (~15 minutes,
+#   make bench         the benchmark of docs/benchmarks.md (tables and plots), both controllers (~15 minutes,
 #                      on a quiet machine: it refuses to start on a busy one)
 #   make bench-quick   a tiny benchmark run: checks the tooling, not the speed (~2 minutes)
 PY := .venv/bin/python
@@ -40,7 +40,7 @@ doctor: setup
 	$(PY) -m hvdagent doctor
 
 # The tables are regenerated whatever the run's exit status (a refused run adds nothing).
-bench: setup
+bench: setup  # the run, then the tables and plots of docs/benchmarks.md
 	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --allreduce-hosts --history docs/bench/history; rc=$$?; \
 	  $(PY) benchmarks/report.py --write docs/benchmarks.md && exit $$rc
 

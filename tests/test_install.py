@@ -121,3 +121,17 @@ def test_tensorflow_ships_the_hash_headers_the_build_takes_from_it():
     findings, folders = system.bundled_headers(Path(tf.sysconfig.get_include()))
     assert [f.found.split(" (")[0] for f in findings] == ["TensorFlow's own", "TensorFlow's own"]
     assert (folders[0] / "highwayhash" / "sip_hash.h").is_file() and (folders[1] / "farmhash.h").is_file()
+
+
+def test_the_wheel_cache_folder_and_lookup(tmp_path, monkeypatch):
+    monkeypatch.setenv("HVDAGENT_WHEEL_CACHE", str(tmp_path / "explicit"))
+    assert recipe.default_cache() == tmp_path / "explicit"
+    monkeypatch.delenv("HVDAGENT_WHEEL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert recipe.default_cache() == tmp_path / "xdg" / "hvdagent" / "wheels"
+    key = recipe.wheel_key("2.16.2", with_mpi=False)
+    assert recipe.cached_wheel(tmp_path, key) is None
+    (tmp_path / key).mkdir()
+    (tmp_path / key / "horovod-0.28.1-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+    assert recipe.cached_wheel(tmp_path, key).name == "horovod-0.28.1-cp311-cp311-linux_x86_64.whl"
+    assert recipe.cached_wheel(tmp_path, recipe.wheel_key("2.16.2", with_mpi=True)) is None  # MPI is in the key

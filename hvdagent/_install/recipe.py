@@ -163,11 +163,16 @@ def build_wheel(*, tf: TensorFlow, with_mpi: bool, cmake: Optional[str], extra_i
         with open(log, "a") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
             last = start
-            while proc.poll() is None:
-                time.sleep(2)
-                if time.monotonic() - last >= 60:
-                    last = time.monotonic()
-                    say(f"  still building ({(last - start) / 60:.0f} min, {_progress(log)})")
+            try:
+                while proc.poll() is None:
+                    time.sleep(2)
+                    if time.monotonic() - last >= 60:
+                        last = time.monotonic()
+                        say(f"  still building ({(last - start) / 60:.0f} min, {_progress(log)})")
+            except BaseException:  # Ctrl-C: stop the compilation before its folder is removed
+                proc.kill()
+                proc.wait()
+                raise
         if proc.returncode != 0:
             cache.mkdir(parents=True, exist_ok=True)
             kept = cache / "last-build.log"

@@ -70,3 +70,12 @@ def test_site_builds_strictly_with_every_page_api_entry_and_notebook(site):
     for book in sorted((ROOT / "notebooks").glob("*.ipynb")):
         html = (site / "notebooks" / book.stem / "index.html").read_text()
         assert "data:image/png;base64," in html, f"{book.name}: no plot on its page"
+
+
+def test_readme_links_point_at_files_of_the_repository():
+    """The README is read on the repository's front page, outside the site: its relative links are checked here."""
+    text = (ROOT / "README.md").read_text()
+    links = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t and not t.startswith("#")]
+    assert len(links) >= 10
+    assert [t for t in links if not (ROOT / t.split("#")[0]).exists()] == []
+    assert len(text.splitlines()) <= 160  # a front page, not the manual (that is docs/)

@@ -108,7 +108,9 @@ def test_stored_notebook_shows_the_outputs_of_one_clean_run(path):
     assert outputs, f"{path.name} is stored without outputs: run `make notebooks`"
     errors = [i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.outputs)]
     assert errors == [], f"{path.name}: code cells {errors} stored an error"
-    assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name}: no plot among its outputs"
+    draws = any(re.search(r"\bplt\.|matplotlib", c.source) for c in code)
+    if draws:  # every notebook that plots shows its plots
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name}: no plot among its outputs"
     local = sorted({m.group(0) for c in code for m in _LOCAL_PATH.finditer(_outputs_text(c))})
     assert local == [], f"{path.name}: outputs hold paths of the machine that ran it: {local}"
 
@@ -162,8 +164,8 @@ def test_notebook_runs_top_to_bottom(path, kernel, monkeypatch):
     executed = [c for c in book.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in executed)
     assert [o for c in executed for o in c.outputs if o.output_type == "error"] == []
-    budget = BUDGETS_S.get(path.stem, NOTEBOOK_BUDGET_S)
-    assert elapsed < budget, f"{path.name} took {elapsed:.0f}s; the budget is {budget}s"
     print(f"{path.name}: {elapsed:.1f}s")
     if os.environ.get("HVDAGENT_STORE_NOTEBOOKS") == "1":
-        _store(book, path)
+        _store(book, path)  # a clean run's outputs, stored even when a busy machine made it slow
+    budget = BUDGETS_S.get(path.stem, NOTEBOOK_BUDGET_S)
+    assert elapsed < budget, f"{path.name} took {elapsed:.0f}s; the budget is {budget}s"

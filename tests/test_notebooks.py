@@ -67,9 +67,10 @@ def test_there_are_tutorials_in_reading_order():
 
 
 # TensorFlow's and absl's C++ log lines on stderr (timestamps, "no CUDA driver"): noise in a stored notebook.
-_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\).*|[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ .*"
-                         r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] .*|To enable the following instructions: .*"
-                         r"|This TensorFlow binary is optimized .*)\n?", re.M)
+_NATIVE_LOG = re.compile(
+    r"^(?:\[\d+\]<stderr>:)?(?:WARNING: All log messages before absl::InitializeLog\(\).*"
+    r"|[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ .*|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] .*"
+    r"|To enable the following instructions: .*|This TensorFlow binary is optimized .*)\n?", re.M)
 # Paths of the machine that ran the notebook must not be stored: _store shortens them
 # (a worker's traceback printed by hvdagent.launch names source files).
 _LOCAL_PATH = re.compile(r"(/tmp/|/home/|/root/|/Users/|/work/|%s)" % re.escape(str(ROOT)))

@@ -57,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parallel compile jobs (default: the number of CPUs)")
 
 
-def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+def _print(text: str) -> None:
+    print(text, flush=True)  # each step shows as it happens, also through a pipe or a log file
+
+
+def run(args: argparse.Namespace, out: Callable[[str], None] = _print) -> int:
     """Do the steps of the module docstring; 0 when Horovod works, 1 otherwise."""
     say = lambda text: out(f"{PREFIX} {text}")  # noqa: E731
     try:

@@ -79,8 +79,17 @@ def test_check_reports_this_environment_and_its_installed_build():
     assert pinned == recipe.HOROVOD_VERSION  # one Horovod version for ci/setup.sh and the command
 
 
+def _this_tensorflow(monkeypatch):
+    """find_tensorflow answers for the TensorFlow this process imported (no second import)."""
+    import tensorflow as tf
+
+    found = recipe.TensorFlow(tf.__version__, Path(tf.sysconfig.get_include()))
+    monkeypatch.setattr(recipe, "find_tensorflow", lambda python=None: found)
+
+
 def test_missing_build_tools_are_named_with_the_command_that_installs_them(tmp_path, monkeypatch):
     """No compiler and no make on PATH: the check names both and gives the install line."""
+    _this_tensorflow(monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CXX", raising=False)
     status, out = _in_process("--check", "--force", "--mpi", "off")
@@ -96,9 +105,14 @@ def test_missing_build_tools_are_named_with_the_command_that_installs_them(tmp_p
     assert "libopenmpi-dev openmpi-bin" in out, out
 
 
-def test_a_bad_jobs_count_is_refused_by_the_command_line():
-    status, out, err = _command("--jobs", "0")
-    assert status == 2 and "Received: jobs=0" in err, err
+@pytest.mark.parametrize("jobs", ["0", "-3", "two"])
+def test_a_bad_jobs_count_is_refused_by_the_command_line(jobs, capsys):
+    parser = argparse.ArgumentParser()
+    _install.add_arguments(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--jobs", jobs])
+    assert exit_.value.code == 2
+    assert f"must be a whole number of at least 1. Received: jobs={jobs}" in capsys.readouterr().err
 
 
 def test_forwarding_headers_bridge_the_moved_xla_includes(tmp_path):

@@ -4,6 +4,10 @@
     python benchmarks/report.py --check docs/benchmarks.md   # exit 1 if they are out of date
     python benchmarks/report.py --run bench-results/bench.json   # one run's tables
 
+``--write`` also redraws the plots the page shows (``docs/bench/throughput.png``:
+samples/s per configuration and controller; ``docs/bench/scaling_model.png``: the
+scaling model's predicted efficiency against the number of ranks).
+
 Three sections of docs/benchmarks.md are generated, each between
 ``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->``:
 ``model`` (the scaling model, from the newest valid run), ``history``
@@ -179,6 +183,95 @@ def plot_run(report: dict, path) -> None:
     plt.close(fig)
 
 
+# --- plots of docs/benchmarks.md (regenerated with the tables by --write) ----------------------
+
+PLOT_COLOURS = {"gloo": "#ff7f0e", "mpi": "#1f77b4", None: "#999999"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_throughput(runs: list, path) -> bool:
+    """Samples/s of each configuration (median, min-max whiskers) and controller, from
+    the newest valid full run; False (nothing written) when there is none."""
+    full = [r for r in runs if r.get("validity", {}).get("valid") and (r.get("summary") or {}).get("single")]
+    if not full:
+        return False
+    run = full[0]
+    summary, ctrls = run["summary"], _controllers(run)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / max(1, len(ctrls))
+    for i, row in enumerate(ROWS):
+        cells = [(None, summary.get(row))] if row in _stats.UNCONTROLLED else \
+            [(c, summary.get(_stats.label(row, c))) for c in ctrls]
+        for j, (c, s) in enumerate(cells):
+            if not (s and s.get("ok")):
+                continue
+            x = i if c is None else i - 0.4 + width * (j + 0.5)
+            ax.bar(x, s["median"], width=0.8 if c is None else width, color=PLOT_COLOURS.get(c, "#2ca02c"),
+                   yerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]], capsize=3,
+                   label=c or "no Horovod controller")
+            ax.text(x, s["max"] * 1.01, f"{s['median']:,.0f}", ha="center", va="bottom", fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", ncol=3)
+    ax.set_xticks(range(len(ROWS)), ROWS)
+    ax.set_ylabel("samples/s (median; whiskers: min - max)")
+    st = run["settings"]
+    ax.set_title(f"{st.get('np', 2)} ranks x batch {st.get('batch')}, {run['machine']['cpu']}, "
+                 f"{run['machine']['cores']} cores ({run['started']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
+def plot_scaling_model(runs: list, path) -> bool:
+    """The scaling model's predicted efficiency against the number of ranks, for the
+    25M-parameter model: each link rate, every step (solid) and local SGD (dashed);
+    False (nothing written) when no run gives the model its inputs."""
+    base = model_base(runs)
+    if base is None:
+        return False
+    fitted = {c: f for c, f in scaling_model.fits(base).items() if not isinstance(f, str)}
+    alphas = [(scaling_model.NETWORK_ALPHA_US * 1e-6, f"alpha {scaling_model.NETWORK_ALPHA_US:g} us (assumed)")]
+    measured = fitted.get("gloo", fitted.get("mpi"))
+    if measured:
+        alphas.append((measured[0], f"alpha {measured[0] * 1e6:.0f} us (measured on loopback)"))
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(alphas), figsize=(5 * len(alphas), 3.8), sharey=True, squeeze=False)
+    compute_s = scaling_model.COMPUTE_MS_25M / 1e3
+    for ax, (alpha, label) in zip(axes[0], alphas):
+        rows = scaling_model.efficiency_table(scaling_model.RESNET50_PARAMS, compute_s, alpha)
+        ranks = [r["p"] for r in rows]
+        for colour, g in zip(("#d62728", "#2ca02c", "#1f77b4"), scaling_model.GBITS):
+            for k, style in ((1, "-"), (8, "--")):
+                ax.plot(ranks, [100 * r[(g, k)] for r in rows], style, color=colour, marker="o", markersize=3,
+                        label=f"{g} Gb/s" + ("" if k == 1 else f", local SGD /{k}"))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [str(p) for p in ranks])
+        ax.set_ylim(0, 105)
+        ax.set_xlabel("ranks")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("predicted scaling efficiency (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"A model, not a measurement: {scaling_model.RESNET50_PARAMS / 1e6:.0f}M float32 parameters, "
+                 f"{scaling_model.COMPUTE_MS_25M:.0f} ms compute per step (assumed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
 def history_section(runs: list) -> str:
     if not runs:
         return "No runs recorded yet: run `make bench` on a quiet machine."
@@ -195,13 +288,20 @@ def history_section(runs: list) -> str:
     return "\n".join(out).rstrip()
 
 
+def model_base(runs: list):
+    """The run that gives the scaling model its inputs: the newest valid one that
+    measured one process (the newest such run of any validity when none is valid)."""
+    valid = [r for r in runs if r.get("validity", {}).get("valid")]
+    full = [r for r in (valid or runs) if (r.get("summary") or {}).get("single")]  # a run with the compute time
+    return full[0] if full else None
+
+
 def model_section(runs: list) -> str:
     """The scaling model from the newest valid run that measured one process; the
     allreduce between namespace hosts comes from the newest valid run of the
     same machine that has one, when that run lacks it."""
     valid = [r for r in runs if r.get("validity", {}).get("valid")]
-    full = [r for r in (valid or runs) if (r.get("summary") or {}).get("single")]  # a run with the compute time
-    base = full[0] if full else None
+    base = model_base(runs)
     if base is None:
         return "No runs recorded yet."
     head = (f"**A model, not a measurement.** Inputs from the run of {base['started']} on {base['machine']['cpu']} "
@@ -259,7 +359,19 @@ def main(argv=None) -> int:
             return 1
         return 0
     path.write_text(new)
+    write_plots(_history.load(args.history), path.parent / "bench")
     return 0
+
+
+def write_plots(runs: list, folder) -> list:
+    """The plots docs/benchmarks.md shows, regenerated with its tables; returns the files written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, plot in (("throughput.png", plot_throughput), ("scaling_model.png", plot_scaling_model)):
+        if plot(runs, folder / name):
+            written.append(folder / name)
+    return written
 
 
 if __name__ == "__main__":

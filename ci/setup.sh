@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything hvdagent needs, idempotently: Debian build packages, a
-# virtual environment with the pinned TensorFlow/Keras stack, Horovod built
-# from PyPI against that TensorFlow (cached as a wheel keyed by the Horovod,
-# TensorFlow and Python versions), a health check, and hvdagent itself.
+# virtual environment with the pinned TensorFlow/Keras stack and hvdagent
+# itself, then Horovod built for that TensorFlow by `hvdagent install-horovod`
+# (the command users run: cached as a wheel keyed by the Horovod, TensorFlow
+# and Python versions, and checked with a 2-process allreduce).
 #
 #   bash ci/setup.sh            # what `make demo` and `make test` run first
 #
@@ -45,7 +46,9 @@ fi
 START=$(date +%s)
 
 # --- 1. Debian packages needed to build Horovod (and Java for Spark) --------
-APT_PKGS="cmake g++ make libhighwayhash-dev libfarmhash-dev libopenmpi-dev openmpi-bin"
+# (highwayhash and farmhash headers come with TensorFlow; a cmake below 4 from PyPI
+# when the system has none: see hvdagent/_install/recipe.py.)
+APT_PKGS="g++ make libopenmpi-dev openmpi-bin"
 [ "$ENGINES" = 1 ] && APT_PKGS="$APT_PKGS openjdk-17-jre-headless"
 missing=""
 for p in $APT_PKGS; do
@@ -95,97 +98,25 @@ if [ ! -x "$PY" ]; then
   say "creating virtual environment $VENV"
   python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
 fi
-EXTRAS=test,notebooks
+EXTRAS=test,notebooks,examples,docs
 [ "$ENGINES" = 1 ] && EXTRAS=$EXTRAS,ray,spark
 say "installing the pinned TensorFlow/Keras stack, hvdagent (editable) and its extras [$EXTRAS] (pip)"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip wheel 'setuptools<81'
 "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" \
-  "tensorflow==$TF_VERSION" keras tf-keras 'cmake<4' -e "$ROOT[$EXTRAS]"
+  "tensorflow==$TF_VERSION" keras tf-keras -e "$ROOT[$EXTRAS]"
 
-PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 TF_ACTUAL=$("$PY" -c 'import tensorflow as tf; print(tf.__version__)' 2>/dev/null) \
   || die "TensorFlow does not import in $VENV"
 [ "$TF_ACTUAL" = "$TF_VERSION" ] || die "TensorFlow $TF_ACTUAL is installed, $TF_VERSION is pinned"
 
-# --- 3. Horovod, built against this TensorFlow (or taken from the cache) -----
-HVD_FLAGS=tf-gloo-mpi
-KEY="horovod-$HVD_VERSION-tf$TF_VERSION-py$PYVER-$HVD_FLAGS-$(uname -m)"
-WHEEL_DIR=$CACHE/$KEY
-hvd_ok() {
-  "$PY" - "$HVD_VERSION" <<'EOF' >/dev/null 2>&1
-import sys, horovod, horovod.tensorflow as hvd
-assert horovod.__version__ == sys.argv[1]
-assert hvd.gloo_built()
-EOF
-}
-# A Horovod installed by an earlier run may be built for another TensorFlow:
-# the marker file records which one.
-MARKER=$VENV/.hvdagent-horovod-key
-if hvd_ok && [ "$(cat "$MARKER" 2>/dev/null)" = "$KEY" ]; then
-  say "Horovod $HVD_VERSION already installed for TensorFlow $TF_VERSION"
-else
-  wheel=$(ls "$WHEEL_DIR"/horovod-*.whl 2>/dev/null | head -n 1 || true)
-  if [ -z "$wheel" ]; then
-    say "building Horovod $HVD_VERSION against TensorFlow $TF_VERSION (4-8 minutes on 2 cores)"
-    BUILD=$(mktemp -d)
-    trap 'rm -rf "$BUILD"' EXIT
-    TF_INC=$("$PY" -c 'import tensorflow as tf; print(tf.sysconfig.get_include())')
-    # TensorFlow >= 2.19 ships XLA's headers as xla/... (and moved
-    # xla/client/xla_builder.h to xla/hlo/builder/); Horovod 0.28.1 still
-    # includes tensorflow/compiler/xla/.... Forwarding headers on
-    # CPLUS_INCLUDE_PATH (searched after TensorFlow's own include dir, so real
-    # headers win) bridge the two without editing Horovod's source.
-    FWD=$BUILD/include
-    if [ -d "$TF_INC/xla" ]; then
-      (cd "$TF_INC" && find xla -name '*.h') | while read -r h; do
-        rest=${h#xla/}
-        for old in "$rest" $(case "$rest" in hlo/builder/*) echo "client/${rest#hlo/builder/}";; esac); do
-          mkdir -p "$FWD/tensorflow/compiler/xla/$(dirname "$old")"
-          printf '#include "%s"\n' "$h" > "$FWD/tensorflow/compiler/xla/$old"
-        done
-      done
-    fi
-    export CPLUS_INCLUDE_PATH="$FWD${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"
-    # pip's cmake 4.x refuses Gloo's old CMakeLists: use the venv's cmake<4.
-    export PATH="$VENV/bin:$PATH" CMAKE_POLICY_VERSION_MINIMUM=3.5
-    export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
-           HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
-           MAKEFLAGS="-j$(nproc)"
-    cmake_v=$(cmake --version | head -n 1)
-    case "$cmake_v" in *" 4."*) die "cmake 4.x is first on PATH ($cmake_v); Gloo needs cmake<4";; esac
-    if ! "$PY" -m pip wheel -v --no-build-isolation --no-deps --no-cache-dir \
-         -w "$BUILD/wheel" "horovod==$HVD_VERSION" >"$BUILD/build.log" 2>&1; then
-      mkdir -p "$CACHE" && cp "$BUILD/build.log" "$CACHE/last-build.log"
-      grep -E "error:|Error [0-9]|fatal" "$BUILD/build.log" | head -n 20 >&2 || true
-      tail -n 15 "$BUILD/build.log" >&2
-      die "building Horovod failed (errors above; full log: $CACHE/last-build.log)"
-    fi
-    mkdir -p "$WHEEL_DIR"
-    cp "$BUILD"/wheel/horovod-*.whl "$WHEEL_DIR/"
-    wheel=$(ls "$WHEEL_DIR"/horovod-*.whl | head -n 1)
-    say "cached $wheel"
-  else
-    say "reusing cached Horovod wheel $wheel"
-  fi
-  "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
-  # Horovod's own runtime dependencies (its wheel was installed without them).
-  "$PY" -m pip install -q --disable-pip-version-check cloudpickle psutil pyyaml packaging
-  echo "$KEY" > "$MARKER"
-fi
-
-# --- 4. verify the build: frameworks, controllers, and a real 2-rank allreduce
-CHECK=$("$VENV/bin/horovodrun" --check-build 2>&1) || die "horovodrun --check-build failed: $CHECK"
-echo "$CHECK" | grep -q '\[X\] TensorFlow' || die "Horovod was built without TensorFlow:\n$CHECK"
-echo "$CHECK" | grep -q '\[X\] Gloo' || die "Horovod was built without Gloo:\n$CHECK"
-OUT=$(cd /tmp && OMP_NUM_THREADS=1 timeout 120 "$VENV/bin/horovodrun" --gloo -np 2 "$PY" -c '
-import horovod.tensorflow as hvd, tensorflow as tf
-hvd.init()
-v = hvd.allreduce(tf.constant([float(hvd.rank() + 1)]), op=hvd.Sum).numpy()[0]
-assert v == 3.0, v
-print("allreduce-ok", hvd.rank())
-' 2>&1) || die "a 2-process Horovod allreduce failed:\n$OUT"
-[ "$(echo "$OUT" | grep -c allreduce-ok)" = 2 ] || die "a 2-process Horovod allreduce gave no result:\n$OUT"
-say "Horovod verified: TensorFlow + Gloo built, 2-process allreduce correct"
+# --- 3. Horovod, built for this TensorFlow by hvdagent's own recipe ---------
+# `hvdagent install-horovod` (hvdagent/_install/, what users run too) checks the
+# build tools, takes the wheel from $CACHE (keyed by the Horovod, TensorFlow and
+# Python versions, the controllers and the machine) or compiles it, installs it,
+# and proves it: horovodrun --check-build, then a 2-process allreduce over Gloo
+# and over MPI. The tests need MPI: --mpi on fails without Open MPI.
+HVDAGENT_WHEEL_CACHE=$CACHE "$PY" -m hvdagent install-horovod --mpi on \
+  || die "hvdagent install-horovod failed (its output above says why)"
 
 touch "$STAMP"
 say "done in $(( $(date +%s) - START ))s; run: $VENV/bin/python -m hvdagent doctor"

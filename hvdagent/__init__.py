@@ -11,6 +11,15 @@ and its TensorFlow 2 custom-loop API (``hvd.DistributedGradientTape``,
 (1, 0, True)
 """
 
+try:  # TensorFlow and Keras are the `tf` extra (Horovod is built for them afterwards)
+    import keras as _keras  # noqa: F401
+except ImportError as _err:
+    raise ImportError(
+        "hvdagent needs TensorFlow (2.16 to 2.21) and Keras, which do not import here "
+        f"({type(_err).__name__}: {_err}). Install them with: pip install 'hvdagent[tf]' "
+        "(in a checkout: pip install -e '.[tf]'); then `hvdagent install-horovod` builds Horovod for them."
+    ) from _err
+
 from hvdagent import _hvd
 from hvdagent._runtime.startup import Startup as _Startup
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m hvdagent doctor``, ``advise`` and ``horovodrun ...``."""
+"""Command line: ``hvdagent doctor``, ``install-horovod``, ``advise`` and ``horovodrun ...``
+(also ``python -m hvdagent ...``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def main(argv=None) -> int:
     adv.add_argument("--ranks", type=int, default=None, help="ranks to predict for, with a given link (default 2)")
     adv.add_argument("--max-bytes", type=int, default=16 << 20, help="largest allreduce of the link measurement")
     adv.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    from hvdagent import _install
+
+    install = sub.add_parser("install-horovod", help="build Horovod for this environment's TensorFlow, install it, "
+                                                     "and prove it with a 2-process allreduce",
+                             description=_install.__doc__.split("\n\n")[0])
+    _install.add_arguments(install)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["horovodrun"]:  # its arguments are horovodrun's, not ours
         from hvdagent._runtime import horovodrun as _horovodrun
@@ -40,6 +47,8 @@ def main(argv=None) -> int:
         from hvdagent._sync import advisor
 
         return advisor.main(args)
+    if args.command == "install-horovod":
+        return _install.run(args)
     return 2
 
 

@@ -90,7 +90,7 @@ LAYERS = [
     {"hvdagent._data", "hvdagent._sync", "hvdagent._watchdog"},
     {"hvdagent._runtime"},
     {"hvdagent._compat", "hvdagent._version"},
-    {"hvdagent._hvd"},
+    {"hvdagent._hvd", "hvdagent._install"},
 ]
 AREAS = {area: level for level, areas in enumerate(LAYERS) for area in areas}
 

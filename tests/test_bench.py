@@ -153,6 +153,23 @@ def test_docs_tables_match_the_history():
         assert path.name in text
 
 
+def test_plots_of_the_docs_are_drawn_from_the_history(tmp_path):
+    """`report.py --write` redraws the two plots docs/benchmarks.md shows; both come from the history."""
+    import matplotlib.image
+
+    runs = _history.load(ROOT / "docs" / "bench" / "history")
+    written = report.write_plots(runs, tmp_path)
+    assert [p.name for p in written] == ["throughput.png", "scaling_model.png"]
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    for path in written:
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0.05  # a drawn picture
+        assert f"](bench/{path.name})" in text and (ROOT / "docs" / "bench" / path.name).is_file()
+    base = report.model_base(runs)
+    assert base is not None and base.get("validity", {}).get("valid") and base["summary"].get("single")
+    assert report.write_plots([], tmp_path / "empty") == []  # no run: no plot, nothing invented
+
+
 def test_benchmark_model_parameter_count():
     import keras
 

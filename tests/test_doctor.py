@@ -41,6 +41,6 @@ def test_doctor_detects_a_horovod_built_for_another_tensorflow(tmp_path):
     proc = _doctor({"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 1
     assert "built for another TensorFlow" in proc.stdout
-    assert "HVDAGENT_FORCE_SETUP=1 bash ci/setup.sh" in proc.stdout
+    assert "run `hvdagent install-horovod`" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "status: unhealthy" in proc.stdout

@@ -1,4 +1,4 @@
-"""The README's example and the examples/ scripts run as a user would run them."""
+"""The README's example, the docs' cluster example and the examples/ scripts run as a user would run them."""
 
 import os
 import re
@@ -78,22 +78,22 @@ def test_mnist_mlp_reads_a_local_npz_and_explains_a_missing_one(tmp_path):
 
 
 def _cluster_section():
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "launch.md").read_text()
     section = text.split("## Ray and Spark", 1)[1].split("\n## ", 1)[0]
     script = re.search(r"A script, `train_cluster.py`:\n\n```python\n(.*?)```", section, re.S).group(1)
     commands = re.findall(r"^\.venv/bin/python train_cluster\.py (\w+)", section, re.M)
     return script, commands
 
 
-def test_readme_cluster_section_runs_each_engine_once():
+def test_docs_cluster_section_runs_each_engine_once():
     assert _cluster_section()[1] == ["ray", "spark"]
 
 
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("engine", [pytest.param("ray", marks=pytest.mark.ray),
                                     pytest.param("spark", marks=pytest.mark.spark)])
-def test_readme_cluster_example_starts_trains_and_stops_the_engine(tmp_path, engine):
-    """The README's command, as a user runs it: launch starts a local Ray / Spark, trains, stops it."""
+def test_docs_cluster_example_starts_trains_and_stops_the_engine(tmp_path, engine):
+    """docs/launch.md's command, as a user runs it: launch starts a local Ray / Spark, trains, stops it."""
     from test_engines import _left_running
 
     import time

@@ -14,9 +14,9 @@ import sys
 from typing import Callable, List, Tuple
 
 REBUILD_HINT = (
-    "Horovod must be compiled against the installed TensorFlow. Rebuild it with "
-    "`HVDAGENT_FORCE_SETUP=1 bash ci/setup.sh` (or: pip uninstall -y horovod && "
-    "HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 pip install --no-build-isolation --no-cache-dir horovod==0.28.1)"
+    "Horovod must be compiled against the installed TensorFlow: run `hvdagent install-horovod` "
+    "(or `python -m hvdagent install-horovod`), which builds it for this environment, caches the wheel "
+    "and checks it with a 2-process allreduce"
 )
 
 
@@ -37,6 +37,7 @@ def _active_keras() -> str:
 def _horovod_report() -> Tuple[List[str], List[str]]:
     """Return (lines, problems)."""
     from hvdagent import _hvd
+    from hvdagent._install import recipe as _recipe
 
     lines, problems = [], []
     version, hvd, err = _hvd.probe()
@@ -62,7 +63,7 @@ def _horovod_report() -> Tuple[List[str], List[str]]:
     )
     if not (hvd.gloo_built() or hvd.mpi_built()):
         problems.append(f"Horovod has neither Gloo nor MPI: it cannot run collectives. {REBUILD_HINT}")
-    marker = os.path.join(sys.prefix, ".hvdagent-horovod-key")
+    marker = os.path.join(sys.prefix, _recipe.MARKER)
     if os.path.exists(marker):
         key = open(marker).read().strip()
         lines.append(f"horovod build: {key}")

@@ -143,9 +143,9 @@ def PartialDistributedGradientTape(  # noqa: N802 (as in Horovod)
         local_layers: a Keras layer, or a list of them (Keras 3 or tf_keras);
             default None: no local layers (then it is
             :func:`DistributedGradientTape`).
-        gradtape, device_dense, device_sparse, compression, sparse_as_dense,
-            op, gradient_predivide_factor, num_groups, groups, process_set,
-            scale_local_gradients: as in :func:`DistributedGradientTape`.
+        gradtape: the ``tf.GradientTape`` to wrap; every other argument
+            (``device_dense`` ... ``scale_local_gradients``) is as in
+            :func:`DistributedGradientTape`.
 
     Returns:
         A :class:`DistributedTape`.

@@ -127,6 +127,25 @@ def test_shard_dataset_on_one_process_batches_everything():
         hvdagent.shard_dataset(tf.data.Dataset.range(4), batch_size=0)
 
 
+def test_array_shuffle_depends_only_on_seed_and_epoch_and_never_calls_python():
+    from hvdagent._data import arrays
+
+    x = np.arange(10.0)
+
+    def epochs(ds, k):
+        return [np.concatenate([b[0].numpy() for b in ds]).tolist() for _ in range(k)]
+
+    first = epochs(arrays.array_dataset((x,), 4, shuffle=True, seed=3), 3)
+    assert all(sorted(order) == x.tolist() for order in first)  # every sample once per epoch
+    assert len({tuple(order) for order in first}) == 3  # a new order every epoch
+    assert epochs(arrays.array_dataset((x,), 4, shuffle=True, seed=3), 3) == first  # reproducible
+    assert epochs(arrays.array_dataset((x,), 4, shuffle=True, seed=3, first_epoch=1), 2) == first[1:]  # resumable
+    assert epochs(arrays.array_dataset((x,), 4, shuffle=True, seed=4), 1) != first[:1]
+    # A Python callback in the input pipeline (from_generator, py_function) halved the step rate.
+    graph = arrays.array_dataset((x,), 4, shuffle=True)._as_serialized_graph().numpy()
+    assert b"PyFunc" not in graph and b"Generator" not in graph
+
+
 def test_seed_alignment_covers_numpy_and_is_validated():
     """What import hvdagent does under a launcher (here called by hand): TensorFlow's and NumPy's global seeds."""
     from hvdagent._data.shard import align_random_seeds

@@ -25,16 +25,26 @@ def _tf():
     return tf
 
 
-class _EpochPermutation:
-    """Yields one permutation of ``range(n)`` per epoch, identical on every rank."""
+def _epoch_permutations(n: int, seed: int, first_epoch: int):
+    """A dataset of one permutation of ``range(n)`` per iteration, identical on every rank.
 
-    def __init__(self, n: int, seed: int, first_epoch: int = 0):
-        self.n, self.seed, self.epoch = n, seed, first_epoch
+    The ``k``-th iteration (from 0) yields the order of epoch ``first_epoch + k``,
+    which depends only on ``seed`` and that epoch. It is computed inside
+    TensorFlow (a counter variable and a stateless random draw), never in a
+    Python generator: a dataset that calls back into Python made every training
+    step about twice as slow (measured: ~1,000 against ~1,900 samples/s for the
+    benchmark's conv net on one process).
+    """
+    tf = _tf()
+    epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False, name="hvdagent_shuffle_epoch")
+    seed = tf.constant(seed, tf.int64)
 
-    def __call__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        yield rng.permutation(self.n).astype(np.int64)
+    def permutation(_):
+        this = epoch.assign_add(1) - 1
+        keys = tf.random.stateless_uniform([n], seed=tf.stack([seed, this]), minval=None, maxval=None, dtype=tf.int64)
+        return tf.cast(tf.argsort(keys, stable=True), tf.int64)
+
+    return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(permutation)
 
 
 def num_samples(arrays) -> int:
@@ -65,9 +75,7 @@ def array_dataset(arrays, batch_size: int, shuffle: bool = False, seed: int = 0,
     else:
         n_used = n
     if shuffle:
-        idx = tf.data.Dataset.from_generator(
-            _EpochPermutation(n, seed, first_epoch), output_signature=tf.TensorSpec([n], tf.int64)
-        ).unbatch()
+        idx = _epoch_permutations(n, seed, first_epoch).unbatch()
     else:
         idx = tf.data.Dataset.range(n)
     skip = min(max(int(skip), 0), n_used)

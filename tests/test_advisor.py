@@ -63,6 +63,19 @@ def test_advice_says_which_method_wins_and_when_to_keep_the_default():
     assert text.splitlines()[4].split()[0] == fast["rows"][0]["method"]
 
 
+def test_a_bandwidth_too_high_to_resolve_is_said_not_an_error():
+    # What a profiled fit gets when the latency did not grow with the message size (loopback, tiny gradients).
+    rows = [{"bytes": 4096, "latency_ms": 3.4}, {"bytes": 16384, "latency_ms": 2.4}, {"bytes": 65536, "latency_ms": 2.3}]
+    with pytest.raises(ValueError, match="does not grow"):
+        cost_model.fit(rows, 2)
+    link = {"p": 2, "alpha_s": 2.3e-3 / 2, "bandwidth": math.inf, "rows": rows, "measured": True}
+    advice = advisor.advise(SHAPES, 0.08, link, compress_s={"powersgd1": 0.012, "powersgd2": 0.013, "powersgd4": 0.015})
+    assert advice["verdict"].startswith("Keep the default (every-step float32)")
+    assert all(math.isfinite(r["step_s"]) and r["sent_bytes"] >= 0 for r in advice["rows"])
+    text = advisor.render(advice)
+    assert "bandwidth not resolved (the latency did not grow with messages up to 64 KB" in text and "inf" not in text
+
+
 def test_measured_inputs_on_this_rank():
     import keras
 

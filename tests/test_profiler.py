@@ -143,7 +143,12 @@ def test_two_ranks_profile_and_weighted_reduction(tmp_path):
     assert a == r1["advice"]  # rank 0's measurements and prediction, given to every rank
     assert proc.stdout.count("A prediction of the alpha-beta model") == 1 and a["verdict"] in proc.stdout
     assert a["link_measured"] and a["p"] == 2 and a["params"] == 4 * 3 + 3 + 3 + 1
-    assert (a["alpha_s"], a["bandwidth"]) == pytest.approx(cost_model.fit(a["link_rows"], 2))
+    try:
+        fitted = cost_model.fit(a["link_rows"], 2)
+    except ValueError:  # the latency did not grow with the size on this loopback: said, and training is not failed
+        fitted = (min(row["latency_ms"] for row in a["link_rows"]) / 2e3, float("inf"))
+        assert "bandwidth not resolved" in proc.stdout
+    assert (a["alpha_s"], a["bandwidth"]) == pytest.approx(fitted)
     assert [row["bytes"] for row in a["link_rows"]][:2] == [4096, 16384] and all(
         row["latency_ms"] > 0 for row in a["link_rows"])
     timed = r0["profile"][1]  # the compute time per step the profiler measured in epoch 2

@@ -50,9 +50,14 @@ NOTES = {
 }
 
 
-def measure_link(max_bytes: int = 16 << 20) -> dict:
+def measure_link(max_bytes: int = 16 << 20, unresolved_ok: bool = False) -> dict:
     """Allreduce latency by size between the job's ranks (a collective: every
-    rank calls it), and its fit: ``{"p", "alpha_s", "bandwidth", "rows"}``."""
+    rank calls it), and its fit: ``{"p", "alpha_s", "bandwidth", "rows"}``.
+
+    When the latency does not grow with the message size up to ``max_bytes``
+    the bandwidth cannot be fitted: an error, or with ``unresolved_ok`` an
+    infinite bandwidth (messages of these sizes cost no more than the noise)
+    and the smallest latency as alpha."""
     import numpy as np
     import tensorflow as tf
 
@@ -74,7 +79,12 @@ def measure_link(max_bytes: int = 16 << 20) -> dict:
             _hvd.allreduce([x], op="sum", name=name)[0].numpy()
             times.append(time.perf_counter() - t)
         rows.append({"bytes": nbytes, "latency_ms": 1e3 * float(np.median(times))})
-    alpha, bandwidth = _costmodel.fit(rows, p)
+    try:
+        alpha, bandwidth = _costmodel.fit(rows, p)
+    except ValueError:
+        if not unresolved_ok or len(rows) < 2:
+            raise
+        alpha, bandwidth = min(r["latency_ms"] for r in rows) / 1e3 / (2 * (p - 1)), math.inf
     return {"p": p, "alpha_s": alpha, "bandwidth": bandwidth, "rows": rows, "measured": True}
 
 
@@ -183,8 +193,14 @@ def advise(shapes: Sequence[Sequence[int]], compute_s: float, link: dict, compre
 
 def render(advice: dict) -> str:
     link = "measured" if advice["link_measured"] else "given, not measured"
+    if math.isinf(advice["bandwidth"]):
+        largest = max(r["bytes"] for r in advice["link_rows"]) // 1024
+        bandwidth = (f"bandwidth not resolved (the latency did not grow with messages up to {largest} KB: "
+                     "transfers of that size cost less than the measurement's noise)")
+    else:
+        bandwidth = f"bandwidth {advice['bandwidth'] * 8 / 1e9:.3f} Gbit/s"
     lines = [f"Link ({link}, {advice['p']} ranks): alpha {advice['alpha_s'] * 1e6:.0f} us per ring step, "
-             f"bandwidth {advice['bandwidth'] * 8 / 1e9:.3f} Gbit/s. Model: {advice['params']:,} parameters "
+             f"{bandwidth}. Model: {advice['params']:,} parameters "
              f"({4 * advice['params'] / 1e6:.1f} MB of float32 gradients); compute {advice['compute_s'] * 1e3:.1f} ms "
              "per step without sync.",
              "A prediction of the alpha-beta model (no overlap of communication with computation):", "",
@@ -242,5 +258,5 @@ def after_fit(model, compute_s: float) -> dict:
     the compute time the profiler measured."""
     shapes = gradient_shapes(model)
     nbytes = 4 * sum(math.prod(s) for s in shapes)
-    link = measure_link(max(4 * LINK_SIZES[1], min(4 << 20, nbytes)))
+    link = measure_link(max(4 * LINK_SIZES[1], min(4 << 20, nbytes)), unresolved_ok=True)
     return _hvd.broadcast_object(advise(shapes, compute_s, link, measure_compression(shapes)), name="hvdagent_advice")
